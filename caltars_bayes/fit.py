@@ -1,0 +1,365 @@
+"""Fitting the model, the :class:`Fit` result, and saving/loading fits.
+
+A fit directory holds::
+
+    posterior.nc        the DataTree (posterior, sample_stats) as netCDF (h5netcdf)
+    meta.json           package version, sampler settings, timings, model plan,
+                        hashes of spec and data
+    spec.json           the instrument spec (with model options and priors) used
+    ratings.csv         the ratings used (and covariates.csv, session_covariates.csv)
+    data_report.json    the data report
+    diagnostics.json    the convergence verdict
+    summary.csv, scores.csv, judges.csv   the main tables
+
+No pickle: everything is netCDF, JSON or CSV. Loading checks the hashes, so a
+fit directory whose data or spec were edited is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from caltars_bayes.data import RatingData
+from caltars_bayes.diagnostics import Diagnostics, check_convergence
+from caltars_bayes.errors import FitIOError
+from caltars_bayes.io import atomic_write_dir, json_writer
+from caltars_bayes.model import AllianceModel, ModelPlan
+from caltars_bayes.sampling import run_nuts
+from caltars_bayes.spec import Instrument, instrument_from_dict
+
+FORMAT_VERSION = 1
+CI_PROB = 0.95
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("caltars-bayes")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def data_hash(data: RatingData) -> str:
+    """A hash of the ratings and covariates used (order-independent of file layout)."""
+    h = hashlib.sha256()
+    cols = ["subject", "session", "judge", "item", "rating"]
+    h.update(data.ratings[cols].to_csv(index=False).encode())
+    for tab in (data.covariates, data.session_covariates):
+        if tab is not None:
+            h.update(tab.to_csv().encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Fit:
+    """A fitted model: the posterior DataTree with what made it.
+
+    Attributes
+    ----------
+    datatree : :class:`xarray.DataTree` with ``posterior`` and ``sample_stats``.
+    data : the :class:`~caltars_bayes.data.RatingData` that was fitted.
+    plan : the :class:`~caltars_bayes.model.ModelPlan` (options resolved for the design).
+    diagnostics : the convergence verdict, checked on every fit.
+    meta : sampler settings, timings, versions and hashes.
+    """
+
+    datatree: xr.DataTree
+    data: RatingData
+    plan: ModelPlan
+    diagnostics: Diagnostics
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def instrument(self) -> Instrument:
+        return self.data.instrument
+
+    @property
+    def posterior(self) -> xr.Dataset:
+        return self.datatree["posterior"].to_dataset()
+
+    @property
+    def sample_stats(self) -> xr.Dataset | None:
+        if "sample_stats" in self.datatree.children:
+            return self.datatree["sample_stats"].to_dataset()
+        return None
+
+    @property
+    def converged(self) -> bool:
+        return self.diagnostics.converged
+
+    # ----------------------------------------------------------------- tables
+
+    def summary(self, var_names: list[str] | None = None) -> pd.DataFrame:
+        """Every parameter: mean, sd, median, 95% HDI, R-hat, bulk and tail ESS.
+
+        Returns
+        -------
+        DataFrame with columns ``parameter, mean, sd, median, hdi_low, hdi_high,
+        r_hat, ess_bulk, ess_tail``; ``attrs["diagnostics"]`` holds the verdict.
+        """
+        from caltars_bayes.tables import posterior_summary
+
+        return posterior_summary(self, var_names)
+
+    def scores(self, level: str = "both") -> pd.DataFrame:
+        """Posterior alliance per subject x scale and per session x scale.
+
+        Returns
+        -------
+        DataFrame with columns ``level, subject, session, scale, mean, sd,
+        hdi_low, hdi_high`` (``session`` empty at subject level).
+        """
+        from caltars_bayes.tables import scores
+
+        return scores(self, level)
+
+    def judges(self) -> pd.DataFrame:
+        """Judge severity per scale and discrimination, with 95% HDIs."""
+        from caltars_bayes.tables import judges
+
+        return judges(self)
+
+    # ----------------------------------------------------------------- I/O
+
+    def save(self, out: str | Path, force: bool = False) -> Path:
+        """Write the fit directory atomically (an existing one needs ``force``)."""
+        out = Path(out)
+        dt = self.datatree.copy()
+        dt.attrs = {
+            **{k: v for k, v in dt.attrs.items() if isinstance(v, str | int | float)},
+            "caltars_bayes_version": package_version(),
+            "caltars_bayes_format": FORMAT_VERSION,
+            "spec_hash": self.meta["spec_hash"],
+            "data_hash": self.meta["data_hash"],
+        }
+        for node in dt.subtree:
+            node.attrs = {k: v for k, v in node.attrs.items() if isinstance(v, str | int | float)}
+        files: dict[str, Any] = {
+            "posterior.nc": lambda p: dt.to_netcdf(p, engine="h5netcdf"),
+            "meta.json": json_writer(self.meta),
+            "spec.json": json_writer(self.instrument.spec_dict()),
+            "ratings.csv": lambda p: self.data.ratings[
+                ["subject", "session", "judge", "item", "rating"]
+            ].to_csv(p, index=False),
+            "data_report.json": json_writer(self.data.report.to_dict()),
+            "diagnostics.json": json_writer(self.diagnostics.to_dict()),
+            "summary.csv": lambda p: self.summary().to_csv(p, index=False),
+            "scores.csv": lambda p: self.scores().to_csv(p, index=False),
+            "judges.csv": lambda p: self.judges().to_csv(p, index=False),
+        }
+        if self.data.covariates is not None:
+            files["covariates.csv"] = lambda p: self.data.covariates.to_csv(p)
+        if self.data.session_covariates is not None:
+            files["session_covariates.csv"] = lambda p: self.data.session_covariates.to_csv(p)
+        atomic_write_dir(out, files, force=force)
+        return out
+
+    # ----------------------------------------------------------------- display
+
+    def __repr__(self) -> str:
+        return (
+            f"Fit({self.instrument.name}; {self.data.n_ratings} ratings; "
+            f"{self.meta.get('sampler')} {self.diagnostics.n_chains}x{self.diagnostics.n_draws}; "
+            f"{self.diagnostics.verdict})"
+        )
+
+    def _repr_html_(self) -> str:
+        d = self.diagnostics
+        colour = "#2e7d32" if d.converged else "#c62828"
+        head = (
+            f"<div style='border-left:6px solid {colour};padding:4px 8px'>"
+            f"<b>{self.instrument.name} fit</b>: {self.data.n_ratings} ratings, "
+            f"{self.data.n_subjects} subjects, {self.data.n_sessions} sessions, "
+            f"{self.data.n_judges} judges; sampler {self.meta.get('sampler')}, "
+            f"{d.n_chains} chains x {d.n_draws} draws<br>"
+            f"<b style='color:{colour}'>{d.banner()}</b></div>"
+        )
+        scales = (
+            self.summary(["factor_corr", "sd_session"]) if "sd_session" in self.posterior else None
+        )
+        body = scales.to_html(index=False, float_format="%.3f") if scales is not None else ""
+        return head + body
+
+
+def fit_model(
+    data: RatingData,
+    *,
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    sampler: str = "nutpie",
+    random_seed: int = 1,
+    nuts: dict[str, Any] | None = None,
+    progressbar: bool = True,
+    cores: int | None = None,
+    model: AllianceModel | None = None,
+) -> Fit:
+    """Fit the joint measurement model to ``data`` with NUTS.
+
+    Parameters
+    ----------
+    data : validated ratings.
+    draws, tune, chains : MCMC settings (per chain).
+    sampler : ``"nutpie"`` (default), ``"pymc"``, ``"numpyro"`` or ``"blackjax"``.
+    random_seed : seed; the same seed and sampler give the same draws.
+    nuts : extra sampler options, e.g. ``{"target_accept": 0.95, "max_treedepth": 12}``.
+    model : an already built :class:`AllianceModel` (to reuse a compiled graph).
+
+    Returns
+    -------
+    Fit
+    """
+    t0 = time.perf_counter()
+    am = model or AllianceModel(data)
+    pm_model = am.model
+    t_build = time.perf_counter() - t0
+    nuts = dict(nuts or {})
+    target_accept = float(nuts.pop("target_accept", am.options.target_accept))
+    dt, timings = run_nuts(
+        pm_model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        sampler=sampler,
+        random_seed=random_seed,
+        target_accept=target_accept,
+        nuts=nuts,
+        progressbar=progressbar,
+        cores=cores,
+    )
+    dt = _tidy(dt)
+    diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
+    for note in am.plan.notes:
+        if note not in data.report.design_notes:
+            data.report.add_note(note)
+    meta = {
+        "caltars_bayes_version": package_version(),
+        "format": FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sampler": sampler,
+        "draws": draws,
+        "tune": tune,
+        "chains": chains,
+        "random_seed": random_seed,
+        "target_accept": target_accept,
+        "nuts": nuts,
+        "method": "NUTS",
+        "timings": {"build_s": t_build, **timings, "total_s": time.perf_counter() - t0},
+        "plan": am.plan.to_dict(),
+        "spec_hash": data.instrument.hash(),
+        "data_hash": data_hash(data),
+        "versions": _versions(),
+    }
+    return Fit(dt, data, am.plan, diag, meta)
+
+
+def _group(dt: xr.DataTree, name: str) -> xr.Dataset | None:
+    return dt[name].to_dataset() if name in dt.children else None
+
+
+def _tidy(dt: xr.DataTree) -> xr.DataTree:
+    """Keep the groups a fit needs (posterior, sample_stats), in float64/int/bool."""
+    keep = {}
+    for g in ("posterior", "sample_stats"):
+        if g in dt.children:
+            ds = dt[g].to_dataset()
+            drop = [v for v in ds.data_vars if ds[v].dtype == object or ds[v].dtype.kind in "USO"]
+            ds = ds.drop_vars(drop)
+            # netCDF keeps only scalar attributes: drop the rest now so that a
+            # saved and reloaded fit is identical to the fit in memory
+            ds.attrs = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
+            keep[g] = ds
+    return xr.DataTree.from_dict(keep)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("pymc", "pytensor", "nutpie", "arviz", "numpy", "xarray", "numpyro", "jax"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def load_fit(path: str | Path) -> Fit:
+    """Load a fit directory written by :meth:`Fit.save`, checking it is intact.
+
+    Raises :class:`~caltars_bayes.errors.FitIOError` when files are missing,
+    corrupted, or do not match each other (spec or data edited after fitting).
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise FitIOError(f"{p}: not a fit directory (not found)")
+    for name in ("posterior.nc", "meta.json", "spec.json", "ratings.csv", "diagnostics.json"):
+        if not (p / name).is_file():
+            raise FitIOError(f"{p}: not a complete fit directory ({name} is missing)")
+    try:
+        meta = json.loads((p / "meta.json").read_text())
+        spec = json.loads((p / "spec.json").read_text())
+        diag = Diagnostics.from_dict(json.loads((p / "diagnostics.json").read_text()))
+        report = json.loads((p / "data_report.json").read_text())
+    except (json.JSONDecodeError, TypeError, OSError) as exc:
+        raise FitIOError(f"{p}: corrupted fit directory ({exc})") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise FitIOError(f"{p}/meta.json: unknown fit format {meta.get('format')!r}")
+    instrument = instrument_from_dict(spec)
+    if instrument.hash() != meta.get("spec_hash"):
+        raise FitIOError(f"{p}/spec.json: spec does not match the fit (hash mismatch)")
+    ratings = pd.read_csv(p / "ratings.csv", dtype=str)
+    cov = _read_optional(p / "covariates.csv", index=["subject"])
+    scov = _read_optional(p / "session_covariates.csv", index=["subject", "session"])
+    data = RatingData.from_frame(
+        ratings,
+        instrument,
+        layout="long",
+        covariates=cov,
+        session_covariates=scov,
+        source=str(p / "ratings.csv"),
+    )
+    if data_hash(data) != meta.get("data_hash"):
+        raise FitIOError(f"{p}/ratings.csv: data do not match the fit (hash mismatch)")
+    _restore_report(data, report)
+    try:
+        dt = xr.open_datatree(p / "posterior.nc", engine="h5netcdf").load()
+    except Exception as exc:  # h5py/netCDF errors have many types
+        raise FitIOError(f"{p}/posterior.nc: cannot be read ({type(exc).__name__})") from None
+    if (
+        dt.attrs.get("data_hash") != meta["data_hash"]
+        or dt.attrs.get("spec_hash") != meta["spec_hash"]
+    ):
+        raise FitIOError(f"{p}/posterior.nc: belongs to a different fit (hash mismatch)")
+    plan = ModelPlan(**meta["plan"])
+    return Fit(dt, data, plan, diag, meta)
+
+
+def _read_optional(path: Path, index: list[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path, dtype={c: str for c in index})
+    return df
+
+
+def _restore_report(data: RatingData, saved: dict[str, Any]) -> None:
+    """Put the original data report back (the reloaded one counts only used rows)."""
+    rep = data.report
+    for k, v in saved.items():
+        if hasattr(rep, k):
+            setattr(rep, k, v)
+
+
+def _np(x: Any) -> np.ndarray:
+    return np.asarray(x)

@@ -1,0 +1,387 @@
+"""Simulate whole trials from the generative model that :mod:`caltars_bayes.model` fits.
+
+For the rating that judge ``j`` gives item ``i`` (on scale ``k``) in session
+``t`` of subject ``p``::
+
+    theta[p, :]    ~ MVN(0, diag(sd) Omega diag(sd)), centred over subjects
+    zeta[p, t, k]  ~ Normal(0, sd_session[k])      session deviation
+    eta[p, t, k]   = theta[p, k] + zeta[p, t, k] + trend[k] * time[p, t]
+    mu             = alpha[j] * lambda[i] * eta[p, t, k] - delta[j, k] (+ gamma[j, p, k])
+    P(y <= c)      = logistic(tau[i, c] - mu)      graded response (cumulative logit)
+
+Judge severities ``delta`` sum to zero over judges within each scale, the log
+discriminations ``log alpha`` sum to zero over judges (geometric mean 1) and
+the log loadings sum to zero within each scale (geometric mean 1): exactly the
+identification the model uses, so the truth is directly comparable with the
+posterior.
+
+Covariates are drawn jointly with the latent alliance: subject-level ones with
+``theta`` (so their correlation with the *latent* factor is the one asked for),
+session-level ones with the session-level alliance ``eta``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from caltars_bayes.spec import Instrument
+
+#: Subject-level covariates of the founding study and their latent correlations
+#: with the CALTARS scales used by the demo (positive contribution scales relate
+#: positively to resources and gains and negatively to stressful life events;
+#: alliance is independent of pretreatment symptoms).
+FOUNDING_SUBJECT_COVARIATES: dict[str, dict[str, float]] = {
+    "education": {"PPC": 0.35, "TPC": 0.2, "PTA": 0.25},
+    "motivation": {"PPC": 0.45, "TPC": 0.2, "PTA": 0.3},
+    "pretreatment_interpersonal": {"PPC": 0.4, "PTA": 0.2},
+    "symptom_change": {"PPC": 0.4, "TPC": 0.3, "PTA": 0.3, "PNC": -0.2},
+    "interpersonal_gain": {"PPC": 0.35, "TPC": 0.25},
+    "life_events": {"PPC": -0.35, "PTA": -0.2},
+    "pretreatment_symptoms": {},
+}
+#: Session-level covariates: patient experiencing and therapist emphasis on resistances.
+FOUNDING_SESSION_COVARIATES: dict[str, dict[str, float]] = {
+    "experiencing": {"PPC": 0.45, "PTA": 0.2},
+    "resistance_emphasis": {"PPC": -0.3, "PNC": 0.4, "TNC": 0.35},
+}
+
+
+@dataclass
+class Trial:
+    """A simulated trial: ratings, covariates and every parameter as truth.
+
+    ``ratings`` is long (``subject, session, judge, item, rating``) with raw
+    ratings (reverse-keyed items already reversed, as a judge would write them).
+    ``covariates`` has ``subject`` plus one column per subject covariate;
+    ``session_covariates`` has ``subject, session`` plus one column per session
+    covariate. ``truth`` is an :class:`xarray.Dataset` with dims ``subject``,
+    ``session`` (one entry per rated subject x session, labelled
+    ``"subject|session"``), ``judge``, ``item``, ``scale``, ``cutpoint``,
+    ``covariate``.
+    """
+
+    instrument: Instrument
+    ratings: pd.DataFrame
+    covariates: pd.DataFrame
+    session_covariates: pd.DataFrame
+    truth: xr.Dataset
+    params: dict = field(default_factory=dict)
+
+    def to_rating_data(self, **kwargs):
+        """Build a :class:`caltars_bayes.data.RatingData` from this trial."""
+        from caltars_bayes.data import RatingData
+
+        return RatingData.from_frame(
+            self.ratings,
+            self.instrument,
+            layout="long",
+            covariates=self.covariates if self.covariates.shape[1] > 1 else None,
+            session_covariates=(
+                self.session_covariates if self.session_covariates.shape[1] > 2 else None
+            ),
+            source="<simulated ratings>",
+            **kwargs,
+        )
+
+    def write(self, out: str | Path, force: bool = False) -> list[Path]:
+        """Write ``ratings.csv``, ``covariates.csv``, ``session_covariates.csv``, ``truth.nc``."""
+        from caltars_bayes.io import atomic_write_dir
+
+        files = {
+            "ratings.csv": lambda p: self.ratings.to_csv(p, index=False),
+            "covariates.csv": lambda p: self.covariates.to_csv(p, index=False),
+            "session_covariates.csv": lambda p: self.session_covariates.to_csv(p, index=False),
+            "truth.nc": lambda p: self.truth.to_netcdf(p, engine="h5netcdf"),
+        }
+        return atomic_write_dir(Path(out), files, force=force)
+
+
+def _cutpoint_base(n_cat: int) -> np.ndarray:
+    if n_cat == 5:
+        return np.array([-2.0, -0.7, 0.5, 1.8])
+    return np.linspace(-2.0, 2.0, n_cat - 1)
+
+
+def _corr_matrix(codes: tuple[str, ...], factor_corr: float | np.ndarray) -> np.ndarray:
+    k = len(codes)
+    if np.isscalar(factor_corr):
+        r = np.full((k, k), float(factor_corr))  # type: ignore[arg-type]
+        np.fill_diagonal(r, 1.0)
+        return r
+    r = np.asarray(factor_corr, dtype=float)
+    if r.shape != (k, k):
+        raise ValueError(f"factor_corr must be {k}x{k}, got {r.shape}")
+    return r
+
+
+def _cross(
+    spec: Mapping[str, Mapping[str, float]], codes: tuple[str, ...]
+) -> tuple[list[str], np.ndarray]:
+    names = list(spec)
+    c = np.zeros((len(codes), len(names)))
+    for j, name in enumerate(names):
+        for scale, r in spec[name].items():
+            if scale in codes:
+                c[codes.index(scale), j] = r
+    return names, c
+
+
+def _draw_joint(
+    rng: np.random.Generator, latent_cov: np.ndarray, latent: np.ndarray, cross_corr: np.ndarray
+) -> np.ndarray:
+    """Draw unit-variance covariates given latent values, with set correlations.
+
+    ``latent`` has rows ~ MVN(0, latent_cov); each covariate column gets
+    correlation ``cross_corr[k, j]`` with latent ``k`` and the covariates are
+    conditionally independent given the latent values.
+    """
+    sd = np.sqrt(np.diag(latent_cov))
+    cov_lx = cross_corr * sd[:, None]  # Cov(latent_k, x_j)
+    b = np.linalg.solve(latent_cov, cov_lx)  # regression weights (K, J)
+    explained = np.einsum("kj,kj->j", b, cov_lx)
+    if np.any(explained >= 1.0):
+        bad = int(np.argmax(explained))
+        raise ValueError(
+            f"covariate #{bad + 1}: the requested correlations are impossible given the factor"
+            " correlations (explained variance >= 1)"
+        )
+    noise = rng.normal(size=(latent.shape[0], b.shape[1])) * np.sqrt(1.0 - explained)
+    return latent @ b + noise
+
+
+def simulate_trial(
+    instrument: Instrument,
+    n_subjects: int = 52,
+    n_sessions: int = 4,
+    n_judges: int = 3,
+    *,
+    judges_per_session: int | None = None,
+    min_sessions: int | None = None,
+    factor_corr: float | np.ndarray = 0.3,
+    sd_alliance: float | np.ndarray = 1.3,
+    sd_session: float | np.ndarray = 0.6,
+    session_trend: float | np.ndarray = 0.0,
+    sd_severity: float = 0.3,
+    sd_log_discrimination: float = 0.15,
+    sd_log_loading: float = 0.2,
+    sd_item_location: float = 0.4,
+    sd_interaction: float = 0.0,
+    missing_rate: float = 0.0,
+    subject_covariates: Mapping[str, Mapping[str, float]] | None = None,
+    session_covariates: Mapping[str, Mapping[str, float]] | None = None,
+    covariate_missing_rate: float = 0.0,
+    seed: int | None = 1,
+) -> Trial:
+    """Draw a trial from the measurement model with known parameters.
+
+    Parameters
+    ----------
+    instrument : the instrument (items, scales, response range, reverse keys).
+    n_subjects, n_sessions, n_judges : the design; default is the founding study
+        (52 subjects x 4 sessions x 3 judges, every judge rating every session).
+    judges_per_session : if given (< n_judges), each session is rated by that many
+        judges drawn at random: a sparse, incomplete crossing.
+    min_sessions : if given, each subject has a random number of sessions in
+        ``min_sessions..n_sessions`` (unequal sessions per subject).
+    factor_corr : correlation between the latent scale factors (scalar or matrix).
+    sd_alliance : SD of the treatment-level factor per scale (logit units of the
+        average judge and item).
+    sd_session : SD of session deviations (same units).
+    session_trend : linear change per session (centred session number), per scale.
+    sd_severity : SD of judge severity (logit units), per scale, sum-to-zero over judges.
+    sd_log_discrimination : SD of log judge discrimination (sum-to-zero over judges).
+    sd_log_loading : SD of log item loadings (centred to geometric mean 1 per scale).
+    sd_item_location : SD of item shifts added to the base cutpoints.
+    sd_interaction : SD of judge x subject x scale interactions (0: none).
+    missing_rate : fraction of ratings deleted at random.
+    subject_covariates : ``{name: {scale_code: latent r}}``; default: none.
+        Use :data:`FOUNDING_SUBJECT_COVARIATES` for the founding study's.
+    session_covariates : same for session-level covariates (correlated with the
+        session-level alliance ``eta``).
+    covariate_missing_rate : fraction of covariate values set to missing.
+    seed : random seed; the same seed gives the same trial.
+
+    Returns
+    -------
+    Trial
+    """
+    rng = np.random.default_rng(seed)
+    codes = instrument.scale_codes
+    items = instrument.items
+    n_k, n_i, n_cat = len(codes), len(items), instrument.n_categories
+    item_scale = np.array([codes.index(instrument.item_scale[i]) for i in items])
+
+    omega = _corr_matrix(codes, factor_corr)
+    try:
+        chol = np.linalg.cholesky(omega)
+    except np.linalg.LinAlgError:
+        raise ValueError("factor_corr is not a valid correlation matrix") from None
+    sd_s = np.broadcast_to(np.asarray(sd_session, dtype=float), (n_k,)).copy()
+    sd_a = np.broadcast_to(np.asarray(sd_alliance, dtype=float), (n_k,)).copy()
+    sigma = omega * np.outer(sd_a, sd_a)
+    trend = np.broadcast_to(np.asarray(session_trend, dtype=float), (n_k,)).copy()
+
+    subjects = [f"P{p + 1:0{max(2, len(str(n_subjects)))}d}" for p in range(n_subjects)]
+    judges = [f"J{j + 1:0{len(str(n_judges))}d}" for j in range(n_judges)]
+
+    # design: sessions per subject, judges per session
+    if min_sessions is not None:
+        n_ses = rng.integers(min_sessions, n_sessions + 1, size=n_subjects)
+    else:
+        n_ses = np.full(n_subjects, n_sessions)
+    cell_subject = np.repeat(np.arange(n_subjects), n_ses)
+    cell_session = np.concatenate([np.arange(1, n + 1) for n in n_ses])
+    n_cells = len(cell_subject)
+    mean_time = (n_sessions + 1) / 2
+    cell_time = cell_session - mean_time
+
+    # latent alliance
+    theta = (rng.normal(size=(n_subjects, n_k)) @ chol.T) * sd_a
+    theta -= theta.mean(axis=0)  # origin: the sample's average subject, as in the model
+    zeta = rng.normal(size=(n_cells, n_k)) * sd_s
+    eta = theta[cell_subject] + zeta + trend * cell_time[:, None]
+
+    # judges
+    delta = rng.normal(0, sd_severity, size=(n_judges, n_k)) if n_judges > 1 else np.zeros((1, n_k))
+    delta -= delta.mean(axis=0, keepdims=True)
+    log_alpha = rng.normal(0, sd_log_discrimination, size=n_judges) if n_judges > 1 else np.zeros(1)
+    log_alpha -= log_alpha.mean()
+    alpha = np.exp(log_alpha)
+    gamma = (
+        rng.normal(0, sd_interaction, size=(n_judges, n_subjects, n_k)) if sd_interaction else None
+    )
+
+    # items
+    log_lam = rng.normal(0, sd_log_loading, size=n_i)
+    for k in range(n_k):
+        log_lam[item_scale == k] -= log_lam[item_scale == k].mean()
+    lam = np.exp(log_lam)
+    tau = _cutpoint_base(n_cat)[None, :] + rng.normal(0, sd_item_location, size=(n_i, 1))
+
+    # which judge rates which session (sheet = cell x judge)
+    if judges_per_session is None or judges_per_session >= n_judges:
+        sheet_cell = np.repeat(np.arange(n_cells), n_judges)
+        sheet_judge = np.tile(np.arange(n_judges), n_cells)
+    else:
+        picks = np.argsort(rng.random((n_cells, n_judges)), axis=1)[:, :judges_per_session]
+        sheet_cell = np.repeat(np.arange(n_cells), judges_per_session)
+        sheet_judge = np.sort(picks, axis=1).ravel()
+    n_sheets = len(sheet_cell)
+
+    # ratings: sheets x items
+    k_of = item_scale[None, :]
+    c_idx = sheet_cell[:, None]
+    j_idx = sheet_judge[:, None]
+    mu = alpha[j_idx] * lam[None, :] * eta[c_idx, k_of] - delta[j_idx, k_of]
+    if gamma is not None:
+        mu = mu + gamma[j_idx, cell_subject[c_idx], k_of]
+    cum = 1.0 / (1.0 + np.exp(-(tau[None, :, :] - mu[..., None])))  # P(y <= c)
+    u = rng.uniform(size=mu.shape)
+    score = instrument.response_min + (u[..., None] > cum).sum(-1)
+    rev = np.array([it in instrument.reverse_keyed for it in items])
+    rating = np.where(
+        rev[None, :], instrument.response_min + instrument.response_max - score, score
+    )
+
+    long = pd.DataFrame(
+        {
+            "subject": np.repeat(np.array(subjects)[cell_subject[sheet_cell]], n_i),
+            "session": np.repeat(cell_session[sheet_cell], n_i),
+            "judge": np.repeat(np.array(judges)[sheet_judge], n_i),
+            "item": np.tile(np.array(items), n_sheets),
+            "rating": rating.ravel().astype(float),
+        }
+    )
+    if missing_rate > 0:
+        keep = rng.random(len(long)) >= missing_rate
+        long = long.loc[keep].reset_index(drop=True)
+    long["rating"] = long["rating"].astype(int)
+
+    # covariates
+    sub_spec = dict(subject_covariates or {})
+    ses_spec = dict(session_covariates or {})
+    cov_names, cross = _cross(sub_spec, codes)
+    x_sub = _draw_joint(rng, sigma, theta, cross) if cov_names else np.zeros((n_subjects, 0))
+    eta_cov = sigma + np.diag(sd_s**2)
+    ses_names, cross_s = _cross(ses_spec, codes)
+    eta_stationary = eta - trend * cell_time[:, None]
+    x_ses = (
+        _draw_joint(rng, eta_cov, eta_stationary, cross_s) if ses_names else np.zeros((n_cells, 0))
+    )
+    covs = pd.DataFrame({"subject": subjects})
+    for j, name in enumerate(cov_names):
+        col = x_sub[:, j].copy()
+        if covariate_missing_rate:
+            col[rng.random(n_subjects) < covariate_missing_rate] = np.nan
+        covs[name] = col
+    scovs = pd.DataFrame({"subject": np.array(subjects)[cell_subject], "session": cell_session})
+    for j, name in enumerate(ses_names):
+        col = x_ses[:, j].copy()
+        if covariate_missing_rate:
+            col[rng.random(n_cells) < covariate_missing_rate] = np.nan
+        scovs[name] = col
+
+    session_labels = [f"{subjects[p]}|{t}" for p, t in zip(cell_subject, cell_session, strict=True)]
+    coords = {
+        "subject": subjects,
+        "session": session_labels,
+        "judge": judges,
+        "item": list(items),
+        "scale": list(codes),
+        "scale2": list(codes),
+        "cutpoint": np.arange(n_cat - 1),
+    }
+    data_vars = {
+        "theta": (("subject", "scale"), theta),
+        "zeta": (("session", "scale"), zeta),
+        "eta": (("session", "scale"), eta),
+        "factor_corr": (("scale", "scale2"), omega),
+        "sd_alliance": (("scale",), sd_a),
+        "sd_session": (("scale",), sd_s),
+        "session_trend": (("scale",), trend),
+        "severity": (("judge", "scale"), delta),
+        "discrimination": (("judge",), alpha),
+        "loading": (("item",), lam),
+        "cutpoints": (("item", "cutpoint"), tau),
+        "sd_severity": ((), float(sd_severity)),
+        "sd_log_discrimination": ((), float(sd_log_discrimination)),
+    }
+    if gamma is not None:
+        data_vars["interaction"] = (("judge", "subject", "scale"), gamma)
+    if cov_names:
+        coords["covariate"] = cov_names
+        data_vars["covariate_corr"] = (("scale", "covariate"), cross)
+    if ses_names:
+        coords["session_covariate"] = ses_names
+        data_vars["session_covariate_corr"] = (("scale", "session_covariate"), cross_s)
+    truth = xr.Dataset(
+        data_vars,
+        coords={
+            **coords,
+            "session_subject": ("session", np.array(subjects)[cell_subject]),
+            "session_number": ("session", cell_session),
+            "item_scale": ("item", [codes[k] for k in item_scale]),
+        },
+        attrs={
+            "instrument": instrument.name,
+            "seed": -1 if seed is None else int(seed),
+            "n_subjects": n_subjects,
+            "n_sessions": n_sessions,
+            "n_judges": n_judges,
+        },
+    )
+    params = {
+        "n_subjects": n_subjects,
+        "n_sessions": n_sessions,
+        "n_judges": n_judges,
+        "judges_per_session": judges_per_session,
+        "min_sessions": min_sessions,
+        "seed": seed,
+    }
+    return Trial(instrument, long, covs, scovs, truth, params)

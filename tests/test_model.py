@@ -1,0 +1,185 @@
+"""Graph-level tests of the measurement model (no sampling)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+import pytest
+
+from caltars_bayes.model import AllianceModel, cumulative_logit_logp, plan_model
+from caltars_bayes.simulate import simulate_trial
+from caltars_bayes.spec import ModelOptions, Prior, Priors, load_instrument
+
+
+def to_point(m: pm.Model, values: dict) -> dict:
+    """An unconstrained point of ``m`` with the given constrained values."""
+    point = m.initial_point()
+    for name, val in values.items():
+        rv = m[name]
+        tr = m.rvs_to_transforms.get(rv)
+        vv = m.rvs_to_values[rv]
+        point[vv.name] = (
+            tr.forward(pt.as_tensor(val), *rv.owner.inputs).eval() if tr is not None else val
+        )
+    return point
+
+
+@pytest.fixture(scope="module")
+def founding_data(caltars):
+    return simulate_trial(caltars, seed=1).to_rating_data()
+
+
+def _exact_logp(y: int, mu: float, cut: np.ndarray) -> float:
+    """log P(y) computed with 60-digit decimals (an independent reference)."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 60
+
+    def expit(x: float) -> Decimal:
+        return 1 / (1 + (-Decimal(x)).exp())
+
+    hi = expit(cut[y] - mu) if y < len(cut) else Decimal(1)
+    lo = expit(cut[y - 1] - mu) if y > 0 else Decimal(0)
+    return float((hi - lo).ln())
+
+
+def test_cumulative_logit_is_accurate_and_matches_pymc():
+    rng = np.random.default_rng(0)
+    n = 300
+    cut = np.sort(rng.normal(0, 2, size=(7, 4)), axis=1)
+    row = rng.integers(0, 7, n)
+    y = rng.integers(0, 5, n)
+    for scale in (1.0, 8.0, 30.0):  # includes very improbable categories
+        mu = rng.normal(0, scale, n)
+        ours = cumulative_logit_logp(y, mu, cut, row).eval()
+        exact = np.array([_exact_logp(y[i], mu[i], cut[row[i]]) for i in range(n)])
+        assert np.all(np.isfinite(ours))
+        np.testing.assert_allclose(ours, exact, rtol=1e-9, atol=1e-14)
+        ref = pm.logp(pm.OrderedLogistic.dist(eta=mu, cutpoints=cut[row]), y).eval()
+        likely = ref > -15  # PyMC's form loses digits (or underflows) in the far tails
+        np.testing.assert_allclose(ours[likely], ref[likely], rtol=1e-9, atol=1e-10)
+
+
+def test_cumulative_logit_probabilities_sum_to_one():
+    cut = np.array([[-1.0, 0.0, 2.0]])
+    mu = np.array([0.3, -4.0, 6.0])
+    total = sum(
+        np.exp(cumulative_logit_logp(np.full(3, c), mu, cut, np.zeros(3, int)).eval())
+        for c in range(4)
+    )
+    np.testing.assert_allclose(total, 1.0, rtol=1e-12)
+
+
+def test_founding_model_has_named_dims_and_finite_logp(founding_data):
+    am = AllianceModel(founding_data)
+    m = am.model
+    assert am.plan.session_level and am.plan.judge_severity and am.plan.judge_discrimination
+    dims = m.named_vars_to_dims
+    assert dims["theta"] == ("subject", "scale")
+    assert dims["zeta"] == ("session", "scale")
+    assert dims["severity"] == ("scale", "judge")
+    assert dims["discrimination"] == ("judge",)
+    assert dims["loading"] == ("item",)
+    assert dims["cutpoints"] == ("item", "cutpoint")
+    assert dims["factor_corr"] == ("scale", "scale2")
+    assert len(m.coords["subject"]) == 52 and len(m.coords["session"]) == 208
+    assert np.isfinite(m.compile_logp()(m.initial_point()))
+    # dense data judges are centred, subjects centred
+    assert am.plan.centred_judges and am.plan.centred_subjects
+
+
+def test_logp_is_highest_near_the_truth(caltars):
+    """The likelihood prefers the true parameters to perturbed ones."""
+    trial = simulate_trial(caltars, n_subjects=30, seed=3)
+    data = trial.to_rating_data()
+    m = AllianceModel(data).model
+    t = trial.truth
+    f = m.compile_logp(vars=[m["rating"]])
+
+    def at(noise: float, seed: int = 0) -> float:
+        rng = np.random.default_rng(seed)
+        values = {
+            "theta_raw": t["theta"].values + noise * rng.normal(size=t["theta"].shape),
+            "zeta_z": t["zeta"].values / t["sd_session"].values,
+            "sd_session": t["sd_session"].values,
+            "log_loading_raw": np.log(t["loading"].values),
+            "log_discrimination": np.log(t["discrimination"].values),
+            "severity": t["severity"].values.T,
+            "cutpoints": t["cutpoints"].values,
+        }
+        return float(f(to_point(m, values)))
+
+    assert at(0.0) > at(0.5) > at(1.5)
+
+
+def test_single_judge_single_session_drops_levels(caltars):
+    data = simulate_trial(caltars, n_subjects=20, n_sessions=1, n_judges=1, seed=2).to_rating_data()
+    plan = plan_model(data)
+    assert not plan.session_level and not plan.judge_severity and not plan.judge_discrimination
+    assert any("session level dropped" in n for n in plan.notes)
+    assert any("judge severity dropped" in n for n in plan.notes)
+    m = AllianceModel(data).model
+    assert "zeta" not in m.named_vars and "severity" not in m.named_vars
+    assert np.isfinite(m.compile_logp()(m.initial_point()))
+
+
+def test_forcing_an_unidentified_level_is_noted(caltars):
+    data = simulate_trial(caltars, n_subjects=10, n_sessions=1, seed=2).to_rating_data()
+    plan = plan_model(data, ModelOptions(session_level=True))
+    assert plan.session_level
+    assert any("constrained only by its prior" in n for n in plan.notes)
+
+
+def test_sparse_many_judges_are_noncentred(caltars):
+    data = simulate_trial(
+        caltars, n_subjects=40, n_judges=300, judges_per_session=2, seed=4
+    ).to_rating_data()
+    am = AllianceModel(data)
+    assert not am.plan.centred_judges
+    assert "severity_z" in am.model.named_vars
+    assert np.isfinite(am.model.compile_logp()(am.model.initial_point()))
+
+
+def test_one_item_per_scale_has_unit_loadings(tmp_path):
+    spec = tmp_path / "one.toml"
+    spec.write_text(
+        '[instrument]\nname = "ONE"\n[response]\nmin = 1\nmax = 4\n'
+        '[[scale]]\ncode = "A"\nitems = ["A1"]\n[[scale]]\ncode = "B"\nitems = ["B1"]\n'
+    )
+    inst = load_instrument(spec)
+    data = simulate_trial(inst, n_subjects=10, seed=1).to_rating_data()
+    m = AllianceModel(data).model
+    draws = pm.draw(m["loading"], draws=5, random_seed=1)
+    np.testing.assert_allclose(draws, 1.0)
+
+
+def test_options_switch_parts(founding_data):
+    opts = ModelOptions(
+        session_trend=True,
+        judge_subject_interaction=True,
+        cutpoints="scale",
+        parameterisation="noncentred",
+    )
+    am = AllianceModel(founding_data, options=opts)
+    m = am.model
+    assert "session_trend" in m.named_vars and "interaction" in m.named_vars
+    assert m.named_vars_to_dims["cutpoints"] == ("scale", "cutpoint")
+    assert "theta_z" in m.named_vars and "zeta_z" in m.named_vars
+    assert np.isfinite(m.compile_logp()(m.initial_point()))
+
+
+def test_priors_from_spec_are_used(founding_data):
+    pri = Priors(sd_session=Prior("Exponential", {"lam": 3.0}))
+    m = AllianceModel(founding_data, priors=pri).model
+    rv = m["sd_session"]
+    assert rv.owner.op.__class__.__name__.lower().startswith("exponential")
+
+
+def test_prior_predictive_ratings_in_range(founding_data):
+    m = AllianceModel(founding_data).model
+    with m:
+        prior = pm.sample_prior_predictive(draws=3, random_seed=1)
+    y = prior["prior_predictive"]["rating"].values
+    assert y.min() >= 0 and y.max() <= 4
+    assert y.shape[-1] == founding_data.n_ratings
