@@ -342,6 +342,11 @@ def simulate_trial(
         "zeta": (("session", "scale"), zeta),
         "eta": (("session", "scale"), eta),
         "factor_corr": (("scale", "scale2"), omega),
+        # the correlation of this sample's true scores: what the trial can inform
+        "factor_corr_sample": (
+            ("scale", "scale2"),
+            np.corrcoef(theta.T) if n_subjects > 2 and n_k > 1 else np.eye(n_k),
+        ),
         "sd_alliance": (("scale",), sd_a),
         "sd_session": (("scale",), sd_s),
         "session_trend": (("scale",), trend),

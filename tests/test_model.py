@@ -183,3 +183,25 @@ def test_prior_predictive_ratings_in_range(founding_data):
     y = prior["prior_predictive"]["rating"].values
     assert y.min() >= 0 and y.max() <= 4
     assert y.shape[-1] == founding_data.n_ratings
+
+
+def test_prior_predictive_check_and_plot(caltars, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from caltars_bayes.checks import category_frequencies, plot_prior_predictive, prior_predictive
+
+    data = simulate_trial(caltars, n_subjects=10, n_sessions=2, n_judges=2, seed=9).to_rating_data()
+    pp = prior_predictive(data, draws=40, random_seed=2)
+    assert pp["rating"].shape == (40, data.n_ratings)
+    freq = category_frequencies(data, pp["rating"])
+    assert len(freq) == data.n_items * 5
+    np.testing.assert_allclose(freq.groupby("item")["observed"].sum(), 1.0)
+    assert (freq["sim_low"] <= freq["sim_median"]).all()
+    assert (freq["sim_median"] <= freq["sim_high"]).all()
+    assert freq["sim_high"].max() > freq["sim_low"].min()
+    # weakly informative priors: observed proportions mostly inside the 90% prior bands
+    assert freq["inside"].mean() > 0.8
+    fig = plot_prior_predictive(data, pp)
+    fig.savefig(tmp_path / "ppc.png")
+    assert (tmp_path / "ppc.png").stat().st_size > 1000

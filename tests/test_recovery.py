@@ -1,0 +1,138 @@
+"""Parameter recovery on simulated trials with known truth (MCMC; marked slow).
+
+Fits are shortened (4 chains x 300 + 300) to keep CI fast; coverage is checked
+as a band pooled over parameters and seeds, as the issue asks: 90% intervals
+should cover the truth for about 90% of judge, item and factor-correlation
+parameters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from caltars_bayes.fit import fit_model
+from caltars_bayes.simulate import simulate_trial
+
+pytestmark = pytest.mark.slow
+
+DRAWS = dict(draws=300, tune=300, chains=4, progressbar=False)
+
+
+def _interval(da: xr.DataArray, prob: float = 0.9) -> tuple[xr.DataArray, xr.DataArray]:
+    q = (1 - prob) / 2
+    return da.quantile(q, dim=("chain", "draw")), da.quantile(1 - q, dim=("chain", "draw"))
+
+
+def covered(fit, truth: xr.Dataset, names: list[str]) -> np.ndarray:
+    """For each named parameter element: is the truth inside the 90% interval?"""
+    out = []
+    post = fit.posterior
+    for n in names:
+        if n not in post:
+            continue
+        lo, hi = _interval(post[n])
+        t = truth[n]
+        if n == "factor_corr":
+            k = t.sizes["scale"]
+            iu = np.triu_indices(k, 1)
+            lo_v, hi_v, t_v = (np.asarray(a.transpose("scale", "scale2"))[iu] for a in (lo, hi, t))
+        else:
+            t, lo, hi = xr.align(t, lo, hi, join="exact")
+            lo_v, hi_v, t_v = (np.ravel(a.transpose(*t.dims).values) for a in (lo, hi, t))
+        out.append((t_v >= lo_v) & (t_v <= hi_v))
+    return np.concatenate(out)
+
+
+def theta_correlations(fit, truth: xr.Dataset) -> np.ndarray:
+    est = fit.posterior["theta"].mean(("chain", "draw"))
+    tru = truth["theta"].sel(subject=est.subject)
+    return np.array(
+        [np.corrcoef(est.sel(scale=k), tru.sel(scale=k))[0, 1] for k in est.scale.values]
+    )
+
+
+PARAMS = ["severity", "discrimination", "loading", "cutpoints", "factor_corr"]
+
+
+@pytest.fixture(scope="session")
+def founding_fits(caltars):
+    fits = []
+    for seed in (11, 12):
+        trial = simulate_trial(caltars, seed=seed, factor_corr=_corr(caltars, seed))
+        fits.append((trial, fit_model(trial.to_rating_data(), random_seed=seed, **DRAWS)))
+    return fits
+
+
+def _corr(inst, seed: int) -> np.ndarray:
+    """A varied, valid factor correlation matrix (some near zero, some strong)."""
+    rng = np.random.default_rng(seed)
+    k = len(inst.scale_codes)
+    a = rng.normal(size=(k, 2 * k))
+    s = a @ a.T
+    d = np.sqrt(np.diag(s))
+    return s / np.outer(d, d)
+
+
+def test_founding_design_recovery(founding_fits):
+    cov = np.concatenate([covered(f, t.truth, PARAMS) for t, f in founding_fits])
+    assert cov.size > 300
+    rate = cov.mean()
+    assert 0.75 <= rate <= 0.98, f"90% intervals cover {rate:.1%} of parameters"
+    for t, f in founding_fits:
+        r = theta_correlations(f, t.truth)
+        assert (r >= 0.9).all(), r
+        # against the correlation of this sample's true scores: with 52 subjects the
+        # population value is itself off by up to ~.25 (measured: max |pop - sample|
+        # .27 for seed 11), which no estimator of this trial can recover
+        est = f.posterior["factor_corr"].mean(("chain", "draw"))
+        err = np.abs(est.values - t.truth["factor_corr_sample"].values)
+        assert err.max() <= 0.15, err.max()
+
+
+def test_founding_design_has_no_divergences_at_defaults(founding_fits):
+    for _, f in founding_fits:
+        assert f.diagnostics.divergences == 0
+        assert f.diagnostics.max_rhat < 1.05
+
+
+def test_sparse_many_judges_recovery(caltars):
+    trial = simulate_trial(
+        caltars, n_subjects=60, n_sessions=3, n_judges=40, judges_per_session=2, seed=21,
+        factor_corr=0.4,
+    )
+    data = trial.to_rating_data()
+    fit = fit_model(data, random_seed=21, **DRAWS)
+    assert not fit.plan.centred_judges  # sparse judges are non-centred
+    cov = covered(fit, trial.truth, PARAMS)
+    assert 0.75 <= cov.mean() <= 0.98, cov.mean()
+    assert (theta_correlations(fit, trial.truth) >= 0.85).all()
+    assert fit.diagnostics.divergences == 0
+
+
+def test_self_report_single_judge(tmp_path):
+    from caltars_bayes.spec import load_instrument
+
+    spec = tmp_path / "self.toml"
+    spec.write_text(
+        '[instrument]\nname = "SELF"\nrater = "self-report"\n[response]\nmin = 0\nmax = 4\n'
+        '[[scale]]\ncode = "A"\nitems = ["A1", "A2", "A3", "A4", "A5"]\n'
+        '[[scale]]\ncode = "B"\nitems = ["B1", "B2", "B3", "B4", "B5"]\n'
+    )
+    inst = load_instrument(spec)
+    trial = simulate_trial(inst, n_subjects=150, n_sessions=3, n_judges=1, factor_corr=0.5,
+                           seed=31)
+    ratings = trial.ratings.drop(columns="judge")  # self-report files have no judge column
+    from caltars_bayes.data import RatingData
+
+    data = RatingData.from_frame(ratings, inst, layout="long")
+    fit = fit_model(data, random_seed=31, **DRAWS)
+    assert not fit.plan.judge_severity and not fit.plan.judge_discrimination
+    assert any("only one judge" in n for n in data.report.design_notes)
+    est = fit.posterior["theta"].mean(("chain", "draw"))
+    tru = trial.truth["theta"]
+    for k in ("A", "B"):
+        assert np.corrcoef(est.sel(scale=k), tru.sel(scale=k).values)[0, 1] >= 0.9
+    cov = covered(fit, trial.truth, ["loading", "cutpoints", "factor_corr"])
+    assert 0.75 <= cov.mean() <= 0.98, cov.mean()
