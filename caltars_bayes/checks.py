@@ -78,9 +78,7 @@ def category_frequencies(data: RatingData, simulated: xr.DataArray | None = None
     return out
 
 
-def plot_prior_predictive(
-    data: RatingData, pp: xr.Dataset, max_items: int = 12, ax=None
-) -> Figure:
+def plot_prior_predictive(data: RatingData, pp: xr.Dataset, max_items: int = 12, ax=None) -> Figure:
     """Observed category proportions (dots) against prior predictive 90% bands."""
     import matplotlib.pyplot as plt
 

@@ -20,7 +20,7 @@ ESS_MIN = 400.0
 EBFMI_MIN = 0.3
 
 #: Posterior variables that are bookkeeping, not reported quantities.
-_SKIP = ("factor_corr_chol",)
+_SKIP = ("factor_corr_chol", "factor_corr_beta")
 #: Sample-stat names used by different samplers for the same things.
 _DIVERGING = ("diverging",)
 _DEPTH_HIT = ("maxdepth_reached", "reached_max_treedepth")

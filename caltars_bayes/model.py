@@ -266,7 +266,14 @@ class AllianceModel:
         with pm.Model(coords=self.coords()) as m:
             # --- treatment-level alliance: theta ~ MVN(0, diag(sd) Omega diag(sd))
             sd_alliance = prior_rv("sd_alliance", pr.sd_alliance, dims="scale")
-            if n_k > 1:
+            if n_k == 2:
+                # LKJ(eta) for two scales is r = 2 * Beta(eta, eta) - 1; written out
+                # because pm.LKJCorr(n=2) does not compile to JAX (PyTensor 3.3)
+                r01 = pm.Beta("factor_corr_beta", pr.lkj_eta, pr.lkj_eta)
+                r = 2.0 * r01 - 1.0
+                chol = pt.stack([pt.stack([1.0, 0.0]), pt.stack([r, pt.sqrt(1.0 - r**2)])])
+                pm.Deterministic("factor_corr", chol @ chol.T, dims=("scale", "scale2"))
+            elif n_k > 2:
                 chol = pm.LKJCorr("factor_corr_chol", n=n_k, eta=pr.lkj_eta)
                 pm.Deterministic("factor_corr", chol @ chol.T, dims=("scale", "scale2"))
             else:

@@ -65,7 +65,9 @@ def posterior_summary(fit: Fit, var_names: list[str] | None = None) -> pd.DataFr
     """Every reported parameter: mean, sd, median, 95% HDI, R-hat, bulk/tail ESS."""
     post = fit.posterior
     names = var_names or [
-        v for v in post.data_vars if not str(v).endswith("_z") and v != "factor_corr_chol"
+        v
+        for v in post.data_vars
+        if not str(v).endswith(("_z", "_raw")) and v not in ("factor_corr_chol", "factor_corr_beta")
     ]
     names = [n for n in names if n in post]
     rows = []

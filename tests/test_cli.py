@@ -195,3 +195,76 @@ def test_unknown_spec_key_is_clear(tmp_path, capsys):
     assert main(["validate", str(data), "--instrument", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "s.toml" in err and "colour" in err
+
+
+def test_demo_end_to_end_small(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--subjects",
+            "6",
+            "--sessions",
+            "2",
+            "--judges",
+            "2",
+            "--draws",
+            "20",
+            "--tune",
+            "20",
+            "--chains",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "data report" in text.lower() and "NOT CONVERGED" in text
+    for f in ("trial/ratings.csv", "trial/truth.nc", "fit/posterior.nc", "fit/summary.csv"):
+        assert (out / f).is_file()
+    assert main(["demo", "--out", str(out), "--subjects", "6"]) == 2  # exists: needs --force
+
+
+def test_fit_alternative_structure(sim_dir, tmp_path):
+    spec = tmp_path / "calpas_alt.toml"
+    spec.write_text(Path(CALPAS).read_text())
+    out = tmp_path / "fit_general"
+    rc = main(
+        [
+            "fit",
+            str(sim_dir / "ratings.csv"),
+            "--instrument",
+            str(spec),
+            "--structure",
+            "general",
+            "--out",
+            str(out),
+            "--draws",
+            "20",
+            "--tune",
+            "20",
+            "--chains",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores["scale"]) == {"ALLIANCE"}
+    assert (
+        main(
+            [
+                "fit",
+                str(sim_dir / "ratings.csv"),
+                "--instrument",
+                str(spec),
+                "--structure",
+                "nope",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )

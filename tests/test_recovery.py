@@ -99,7 +99,12 @@ def test_founding_design_has_no_divergences_at_defaults(founding_fits):
 
 def test_sparse_many_judges_recovery(caltars):
     trial = simulate_trial(
-        caltars, n_subjects=60, n_sessions=3, n_judges=40, judges_per_session=2, seed=21,
+        caltars,
+        n_subjects=60,
+        n_sessions=3,
+        n_judges=40,
+        judges_per_session=2,
+        seed=21,
         factor_corr=0.4,
     )
     data = trial.to_rating_data()
@@ -117,12 +122,11 @@ def test_self_report_single_judge(tmp_path):
     spec = tmp_path / "self.toml"
     spec.write_text(
         '[instrument]\nname = "SELF"\nrater = "self-report"\n[response]\nmin = 0\nmax = 4\n'
-        '[[scale]]\ncode = "A"\nitems = ["A1", "A2", "A3", "A4", "A5"]\n'
-        '[[scale]]\ncode = "B"\nitems = ["B1", "B2", "B3", "B4", "B5"]\n'
+        f"[[scale]]\ncode = 'A'\nitems = {[f'A{i}' for i in range(1, 9)]}\n"
+        f"[[scale]]\ncode = 'B'\nitems = {[f'B{i}' for i in range(1, 9)]}\n"
     )
     inst = load_instrument(spec)
-    trial = simulate_trial(inst, n_subjects=150, n_sessions=3, n_judges=1, factor_corr=0.5,
-                           seed=31)
+    trial = simulate_trial(inst, n_subjects=150, n_sessions=4, n_judges=1, factor_corr=0.5, seed=31)
     ratings = trial.ratings.drop(columns="judge")  # self-report files have no judge column
     from caltars_bayes.data import RatingData
 
