@@ -110,9 +110,8 @@ def _ebfmi(energy: xr.DataArray) -> list[float]:
 
 def reported_variables(posterior: xr.Dataset) -> list[str]:
     """Names of the posterior variables whose convergence is checked."""
-    return [
-        v for v in posterior.data_vars if v not in _SKIP and not str(v).endswith(("_z", "_raw"))
-    ]
+    names = [str(v) for v in posterior.data_vars]
+    return [v for v in names if v not in _SKIP and not v.endswith(("_z", "_raw"))]
 
 
 def check_convergence(

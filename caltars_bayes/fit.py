@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
@@ -359,7 +358,3 @@ def _restore_report(data: RatingData, saved: dict[str, Any]) -> None:
     for k, v in saved.items():
         if hasattr(rep, k):
             setattr(rep, k, v)
-
-
-def _np(x: Any) -> np.ndarray:
-    return np.asarray(x)

@@ -48,6 +48,8 @@ PRIOR_FAMILIES: dict[str, tuple[str, ...]] = {
 
 
 def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    if not isinstance(table, Mapping):
+        raise SpecError(f"{where}: must be a table, got {type(table).__name__} {table!r}")
     unknown = sorted(set(table) - allowed)
     if unknown:
         raise SpecError(
@@ -427,19 +429,19 @@ def parse_instrument(doc: Mapping[str, Any], source: str = "<spec>") -> Instrume
         used: set[str] = set()
         for fname, members in facs.items():
             codes = _str_list(members, f"{w}.factors.{fname}")
-            items: list[str] = []
+            factor_items: list[str] = []
             for c in codes:
                 if c in scale_items:
-                    items.extend(scale_items[c])
+                    factor_items.extend(scale_items[c])
                 elif c in seen_items:
-                    items.append(c)
+                    factor_items.append(c)
                 else:
                     raise SpecError(f"{w}.factors.{fname}: {c!r} is neither a scale nor an item")
-            dup = used.intersection(items)
+            dup = used.intersection(factor_items)
             if dup:
                 raise SpecError(f"{w}.factors.{fname}: item(s) {sorted(dup)} assigned twice")
-            used.update(items)
-            mapped[fname] = tuple(items)
+            used.update(factor_items)
+            mapped[fname] = tuple(factor_items)
         missing = [i for i in seen_items if i not in used]
         if missing:
             raise SpecError(f"{w}: items not assigned to any factor: {missing[:5]}")

@@ -14,6 +14,8 @@ import pandas as pd
 import xarray as xr
 from arviz_stats import ess, hdi, rhat
 
+from caltars_bayes.diagnostics import reported_variables
+
 if TYPE_CHECKING:
     from caltars_bayes.fit import Fit
 
@@ -41,16 +43,12 @@ def describe(da: xr.DataArray, prob: float = 0.95) -> pd.DataFrame:
             "median": da.median(SAMPLE_DIMS),
         }
     )
-    h = hdi(da, prob=prob, dims=list(SAMPLE_DIMS)) if _hdi_takes_dims() else hdi(da, prob=prob)
+    h = hdi(da, prob=prob)
     stats["hdi_low"] = h.sel(ci_bound="lower", drop=True)
     stats["hdi_high"] = h.sel(ci_bound="upper", drop=True)
     if not da.dims or set(da.dims) <= set(SAMPLE_DIMS):
         return pd.DataFrame({k: [float(stats[k])] for k in stats.data_vars})
     return stats.to_dataframe()[["mean", "sd", "median", "hdi_low", "hdi_high"]]
-
-
-def _hdi_takes_dims() -> bool:
-    return False
 
 
 def _label(name: str, index: pd.Index | None) -> list[str]:
@@ -64,11 +62,7 @@ def _label(name: str, index: pd.Index | None) -> list[str]:
 def posterior_summary(fit: Fit, var_names: list[str] | None = None) -> pd.DataFrame:
     """Every reported parameter: mean, sd, median, 95% HDI, R-hat, bulk/tail ESS."""
     post = fit.posterior
-    names = var_names or [
-        v
-        for v in post.data_vars
-        if not str(v).endswith(("_z", "_raw")) and v not in ("factor_corr_chol", "factor_corr_beta")
-    ]
+    names = var_names or reported_variables(post)
     names = [n for n in names if n in post]
     rows = []
     diag = not fit.diagnostics.approximate
