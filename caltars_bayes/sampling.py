@@ -130,7 +130,15 @@ def run_nuts(
         st = float(dt["posterior"].attrs.get("sampling_time", total))
         timings = {"compile_s": total - st, "sampling_s": st}
     else:
-        nuts.setdefault("chain_method", "parallel")
+        import jax
+        import pymc.sampling.jax  # noqa: F401  (sets XLA's host device count before JAX starts)
+
+        # One device per chain runs chains in parallel (pmap). If JAX was started
+        # before PyMC could ask for more host devices (e.g. by nutpie's JAX
+        # backend earlier in the same process), vectorise the chains instead:
+        # pmap over too few devices fails.
+        parallel = jax.local_device_count() >= chains
+        nuts.setdefault("chain_method", "parallel" if parallel else "vectorized")
         t0 = time.perf_counter()
         with model, _blackjax_workaround(sampler):
             dt = pm.sample(
