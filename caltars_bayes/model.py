@@ -272,12 +272,12 @@ class AllianceModel:
                 r01 = pm.Beta("factor_corr_beta", pr.lkj_eta, pr.lkj_eta)
                 r = 2.0 * r01 - 1.0
                 chol = pt.stack([pt.stack([1.0, 0.0]), pt.stack([r, pt.sqrt(1.0 - r**2)])])
-                pm.Deterministic("factor_corr", chol @ chol.T, dims=("scale", "scale2"))
             elif n_k > 2:
                 chol = pm.LKJCorr("factor_corr_chol", n=n_k, eta=pr.lkj_eta)
-                pm.Deterministic("factor_corr", chol @ chol.T, dims=("scale", "scale2"))
             else:
                 chol = pt.ones((1, 1))
+            if n_k > 1:
+                pm.Deterministic("factor_corr", chol @ chol.T, dims=("scale", "scale2"))
             if plan.centred_subjects:
                 theta_raw = pm.MvNormal(
                     "theta_raw",

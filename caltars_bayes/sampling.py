@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pymc as pm
@@ -39,31 +37,6 @@ def require_sampler(sampler: str) -> None:
                 raise ImportError(
                     f"sampler {sampler!r} needs the package {m!r}, which is not installed: {how}"
                 )
-
-
-@contextmanager
-def _blackjax_workaround(sampler: str) -> Iterator[None]:
-    """Work around PyMC 6.4 passing ``progress_bar`` into blackjax 1.7's adaptation.
-
-    ``pymc.sampling.jax._blackjax_inference_loop`` forwards every NUTS option,
-    ``progress_bar`` included, to ``blackjax.window_adaptation``, whose kernel
-    rejects it. Drop that one option for the duration of the call.
-    """
-    if sampler != "blackjax":
-        yield
-        return
-    import pymc.sampling.jax as pjax
-
-    original = pjax._blackjax_inference_loop
-
-    def loop(*args: Any, progress_bar: bool = False, **kwargs: Any) -> Any:
-        return original(*args, **kwargs)
-
-    pjax._blackjax_inference_loop = loop
-    try:
-        yield
-    finally:
-        pjax._blackjax_inference_loop = original
 
 
 def run_nuts(
@@ -140,7 +113,7 @@ def run_nuts(
         parallel = jax.local_device_count() >= chains
         nuts.setdefault("chain_method", "parallel" if parallel else "vectorized")
         t0 = time.perf_counter()
-        with model, _blackjax_workaround(sampler):
+        with model:
             dt = pm.sample(
                 draws=draws,
                 tune=tune,
