@@ -10,6 +10,7 @@ every pattern equally likely.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +36,10 @@ def prior_predictive(
     Dataset with ``rating`` (dims ``draw, obs``: 0-based categories, one per
     observed rating of the design) and the prior draws of the main parameters.
     """
-    am = model or AllianceModel(data)
+    # the ratings' prior predictive does not involve covariates; leaving them out
+    # also avoids the flat-prior parameters of missing covariate values
+    no_covariates = replace(data.instrument.model, covariates=False, session_covariates="none")
+    am = model or AllianceModel(data, options=no_covariates)
     with am.model:
         dt = pm.sample_prior_predictive(draws=draws, random_seed=random_seed)
     pp = dt["prior_predictive"].to_dataset().squeeze("chain", drop=True)

@@ -122,11 +122,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_hypotheses(path: str | None, data):
+    """Read a hypotheses file and check it against the data before fitting."""
+    if not path:
+        return None
+    from caltars_bayes.hypotheses import check_hypotheses, load_hypotheses
+    from caltars_bayes.model import plan_model
+
+    hyps = load_hypotheses(path)
+    plan = plan_model(data)
+    check_hypotheses(hyps, list(data.scales), plan.covariates + plan.session_covariates)
+    return hyps
+
+
 def _fit_and_save(args: argparse.Namespace, data, out: Path) -> int:
     from caltars_bayes.fit import fit_model
 
     if out.exists() and not args.force:
         raise CaltarsError(f"{out}: already exists; use --force to overwrite")
+    hypotheses = _load_hypotheses(getattr(args, "hypotheses", None), data)
     nuts = {}
     if args.target_accept is not None:
         nuts["target_accept"] = args.target_accept
@@ -146,6 +160,7 @@ def _fit_and_save(args: argparse.Namespace, data, out: Path) -> int:
         nuts=nuts,
         progressbar=not args.quiet,
     )
+    fit.hypotheses = hypotheses
     fit.save(out, force=args.force)
     t = fit.meta["timings"]
     print(
@@ -155,6 +170,10 @@ def _fit_and_save(args: argparse.Namespace, data, out: Path) -> int:
     print(str(fit.diagnostics))
     for note in fit.plan.notes:
         print(f"note: {note}")
+    if hypotheses is not None:
+        from caltars_bayes.hypotheses import summarise_verdicts, test_hypotheses
+
+        print(summarise_verdicts(test_hypotheses(fit, hypotheses)))
     print(f"wrote {out}/")
     if args.strict and not fit.converged:
         print("error: --strict: the fit did not converge", file=sys.stderr)
@@ -250,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--model", help="model spec TOML overriding the instrument's [model]/[priors]")
     f.add_argument("--structure", help="fit an alternative factor structure from the spec")
     f.add_argument("--out", required=True, help="fit directory to write")
+    f.add_argument(
+        "--hypotheses",
+        help="validity hypotheses TOML (e.g. models/caltars-1989-hypotheses.toml): "
+        "writes hypotheses.csv beside associations.csv",
+    )
     _fit_args(f)
     f.set_defaults(func=cmd_fit)
 

@@ -19,8 +19,10 @@ RHAT_MAX = 1.01
 ESS_MIN = 400.0
 EBFMI_MIN = 0.3
 
-#: Posterior variables that are bookkeeping, not reported quantities.
-_SKIP = ("factor_corr_chol", "factor_corr_beta")
+#: Suffixes of posterior variables that are bookkeeping, not reported quantities:
+#: non-centred standard normals, uncentred raw values, Cholesky factors and the
+#: Beta variable of a two-variable LKJ (their reported transforms are checked).
+_BOOKKEEPING = ("_z", "_raw", "_chol", "_beta")
 #: Sample-stat names used by different samplers for the same things.
 _DIVERGING = ("diverging",)
 _DEPTH_HIT = ("maxdepth_reached", "reached_max_treedepth")
@@ -111,7 +113,7 @@ def _ebfmi(energy: xr.DataArray) -> list[float]:
 def reported_variables(posterior: xr.Dataset) -> list[str]:
     """Names of the posterior variables whose convergence is checked."""
     names = [str(v) for v in posterior.data_vars]
-    return [v for v in names if v not in _SKIP and not v.endswith(("_z", "_raw"))]
+    return [v for v in names if not v.endswith(_BOOKKEEPING)]
 
 
 def check_convergence(

@@ -31,6 +31,7 @@ import xarray as xr
 from caltars_bayes.data import RatingData
 from caltars_bayes.diagnostics import Diagnostics, check_convergence
 from caltars_bayes.errors import FitIOError
+from caltars_bayes.hypotheses import Hypotheses
 from caltars_bayes.io import atomic_write_dir, json_writer
 from caltars_bayes.model import AllianceModel, ModelPlan
 from caltars_bayes.sampling import run_nuts
@@ -78,6 +79,8 @@ class Fit:
     plan: ModelPlan
     diagnostics: Diagnostics
     meta: dict[str, Any] = field(default_factory=dict)
+    #: validity hypotheses to test and save with the fit (set by the caller)
+    hypotheses: Hypotheses | None = None
 
     @property
     def instrument(self) -> Instrument:
@@ -157,12 +160,44 @@ class Fit:
             "scores.csv": lambda p: self.scores().to_csv(p, index=False),
             "judges.csv": lambda p: self.judges().to_csv(p, index=False),
         }
+        figures = []
+        if self.plan.covariates or self.plan.session_covariates:
+            figures = self._association_files(files)
         if self.data.covariates is not None:
             files["covariates.csv"] = lambda p: self.data.covariates.to_csv(p)
         if self.data.session_covariates is not None:
             files["session_covariates.csv"] = lambda p: self.data.session_covariates.to_csv(p)
-        atomic_write_dir(out, files, force=force)
+        try:
+            atomic_write_dir(out, files, force=force)
+        finally:
+            if figures:
+                import matplotlib.pyplot as plt
+
+                for fig in figures:
+                    plt.close(fig)
         return out
+
+    def _association_files(self, files: dict[str, Any]) -> list[Any]:
+        """Add the association (and hypothesis) outputs to ``files``; return the figures."""
+        from caltars_bayes.associations import (
+            associations,
+            imputed_covariates,
+            plot_associations,
+        )
+
+        files["associations.csv"] = lambda p: associations(self).to_csv(p, index=False)
+        files["imputed_covariates.csv"] = lambda p: imputed_covariates(self).to_csv(p, index=False)
+        if self.hypotheses is not None:
+            from caltars_bayes.hypotheses import test_hypotheses
+
+            files["hypotheses.json"] = json_writer(self.hypotheses.to_dict())
+            files["hypotheses.csv"] = lambda p: test_hypotheses(self, self.hypotheses).to_csv(
+                p, index=False
+            )
+        fig = plot_associations(self, self.hypotheses)
+        files["associations.png"] = lambda p: fig.savefig(p, format="png", dpi=150)
+        files["associations.svg"] = lambda p: fig.savefig(p, format="svg")
+        return [fig]
 
     # ----------------------------------------------------------------- display
 
@@ -342,7 +377,13 @@ def load_fit(path: str | Path) -> Fit:
     ):
         raise FitIOError(f"{p}/posterior.nc: belongs to a different fit (hash mismatch)")
     plan = ModelPlan(**meta["plan"])
-    return Fit(dt, data, plan, diag, meta)
+    hyps = None
+    if (p / "hypotheses.json").is_file():
+        from caltars_bayes.hypotheses import hypotheses_from_dict
+
+        doc = json.loads((p / "hypotheses.json").read_text())
+        hyps = hypotheses_from_dict(doc, str(p / "hypotheses.json"))
+    return Fit(dt, data, plan, diag, meta, hyps)
 
 
 def _read_optional(path: Path, index: list[str]) -> pd.DataFrame | None:

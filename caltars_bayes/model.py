@@ -9,6 +9,16 @@ session ``s`` of subject ``p`` (``C`` ordered categories)::
     mu           = discrimination[j] * loading[i] * eta[s, k] - severity[k, j] (+ interaction)
     P(y <= c)    = logistic(cutpoints[i, c] - mu)       graded response, cumulative logit
 
+Bifactor option (``[model] bifactor = true`` or a ``[structures.NAME]`` with
+``bifactor = true``): the scale factors are orthogonal (no ``factor_corr``) and
+a general factor ``general[p] ~ Normal(0, 1)`` (centred over subjects) enters
+every item with a positive ``general_loading[i]``::
+
+    mu = discrimination[j] * (loading[i] * eta[s, k] + general_loading[i] * general[p]) - ...
+
+It needs at least three specific factors with two items each; reverse-key
+items (or scales) so that all items point the same way.
+
 Identification (see ``docs/model.md``):
 
 * scale of the latent factors: log loadings sum to zero within each scale
@@ -44,13 +54,16 @@ and ``tau_hi = +inf`` for the highest category. No probability table is built.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
+from pytensor.tensor.linalg import solve_triangular
 
+from caltars_bayes.errors import SpecError
 from caltars_bayes.spec import AUTO, Instrument, ModelOptions, Prior, Priors
 
 if TYPE_CHECKING:
@@ -82,6 +95,18 @@ class ModelPlan:
     centred_judges: bool
     centred_sessions: bool
     notes: list[str] = field(default_factory=list)
+    #: subject-level covariates modelled jointly with ``theta`` (after any
+    #: aggregation of session covariates), and session-level ones with ``eta``
+    covariates: list[str] = field(default_factory=list)
+    session_covariates: list[str] = field(default_factory=list)
+    #: covariate -> [mean, sd] of its observed values (covariates are modelled
+    #: standardised); session covariates aggregated to subjects are listed in
+    #: ``aggregated``
+    covariate_scaling: dict[str, list[float]] = field(default_factory=dict)
+    session_covariate_scaling: dict[str, list[float]] = field(default_factory=dict)
+    aggregated: list[str] = field(default_factory=list)
+    #: a general factor over all items besides orthogonal scale-specific factors
+    bifactor: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +162,19 @@ def plan_model(data: RatingData, options: ModelOptions | None = None) -> ModelPl
         centred_s = bool(np.median(per_session) >= CENTRED_SESSION_MIN_RATINGS)
     else:
         centred_p = centred_j = centred_s = opt.parameterisation == "centred"
+    bifactor = bool(opt.bifactor)
+    if bifactor:
+        per_scale = np.bincount(np.asarray(data.item_scale_idx), minlength=data.n_scales)
+        if data.n_scales < 3 or per_scale.min() < 2:
+            raise SpecError(
+                f"{data.instrument.source or data.instrument.name}: a bifactor model needs at "
+                "least 3 specific factors with at least 2 items each (got "
+                f"{data.n_scales} factors, smallest with {int(per_scale.min())} items)"
+            )
+        if data.covariates is not None or data.session_covariates is not None:
+            notes.append("covariates are not modelled with a bifactor structure")
+            opt = replace(opt, covariates=False, session_covariates="none")
+    cov_table, ses_table, aggregated = covariate_tables(data, opt, notes)
     return ModelPlan(
         session_level=session_level,
         session_trend=trend,
@@ -148,7 +186,85 @@ def plan_model(data: RatingData, options: ModelOptions | None = None) -> ModelPl
         centred_judges=centred_j,
         centred_sessions=centred_s,
         notes=notes,
+        covariates=[] if cov_table is None else list(cov_table.columns),
+        session_covariates=[] if ses_table is None else list(ses_table.columns),
+        covariate_scaling=_scaling(cov_table),
+        session_covariate_scaling=_scaling(ses_table),
+        aggregated=aggregated,
+        bifactor=bifactor,
     )
+
+
+#: Fewest observed values a covariate needs to be modelled.
+MIN_COVARIATE_VALUES = 3
+
+
+def _usable(table: pd.DataFrame | None, what: str, notes: list[str]) -> pd.DataFrame | None:
+    """Drop covariate columns that cannot be modelled (too few values, constant)."""
+    if table is None:
+        return None
+    keep = []
+    for c in table.columns:
+        col = table[c].to_numpy(dtype=float)
+        n_obs = int(np.isfinite(col).sum())
+        if n_obs < MIN_COVARIATE_VALUES:
+            notes.append(
+                f"{what} {c!r} not modelled: {n_obs} observed value(s), "
+                f"needs {MIN_COVARIATE_VALUES}"
+            )
+        elif np.nanstd(col) == 0:
+            notes.append(f"{what} {c!r} not modelled: it has the same value for everyone")
+        else:
+            keep.append(c)
+    return table[keep] if keep else None
+
+
+def covariate_tables(
+    data: RatingData, options: ModelOptions, notes: list[str] | None = None
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None, list[str]]:
+    """The covariates the model uses: subject-level and session-level tables.
+
+    With ``session_covariates = "subject"`` each session covariate is averaged
+    over the subject's sessions (observed values only) and joins the subject
+    covariates (renamed ``NAME_mean`` if a subject covariate has its name).
+
+    Returns
+    -------
+    (subject table indexed like ``data.subjects`` or None, session table in
+    ``data.sessions`` order or None, names of the aggregated columns)
+    """
+    notes = [] if notes is None else notes
+    subj = data.covariates if options.covariates else None
+    if data.covariates is not None and not options.covariates:
+        notes.append("subject covariates given but not modelled (model.covariates = false)")
+    ses = data.session_covariates
+    aggregated: list[str] = []
+    if ses is not None and options.session_covariates == "none":
+        notes.append('session covariates given but not modelled (session_covariates = "none")')
+        ses = None
+    elif ses is not None and options.session_covariates == "subject":
+        means = ses.groupby(level="subject", sort=False).mean().reindex(list(data.subjects))
+        means.index = pd.Index(list(data.subjects), name="subject", dtype="str")
+        taken = set() if subj is None else set(subj.columns)
+        means.columns = [f"{c}_mean" if c in taken else str(c) for c in means.columns]
+        aggregated = list(means.columns)
+        subj = means if subj is None else pd.concat([subj, means], axis=1)
+        notes.append(
+            f"session covariates averaged over each subject's sessions: {', '.join(aggregated)}"
+        )
+        ses = None
+    if ses is not None:
+        ses = ses.reset_index(drop=True)
+    return _usable(subj, "covariate", notes), _usable(ses, "session covariate", notes), aggregated
+
+
+def _scaling(table: pd.DataFrame | None) -> dict[str, list[float]]:
+    if table is None:
+        return {}
+    return {
+        str(c): [float(np.nanmean(table[c])), float(np.nanstd(table[c], ddof=1))]
+        for c in table.columns
+    }
 
 
 def prior_rv(name: str, prior: Prior, **kwargs: Any) -> pt.TensorVariable:
@@ -211,6 +327,85 @@ def _cumulative_logit_random(mu, cutpoints, row, rng=None, size=None):
     return (u[..., None] > cum).sum(-1)
 
 
+def lkj_cholesky(name: str, n: int, eta: float) -> pt.TensorVariable:
+    """Cholesky factor of an ``n x n`` correlation matrix with an LKJ(eta) prior.
+
+    The free variable is ``{name}_chol`` (``{name}_beta`` for n = 2: LKJ(eta)
+    for two variables is r = 2 * Beta(eta, eta) - 1, written out because
+    ``pm.LKJCorr(n=2)`` does not compile to JAX with PyTensor 3.3).
+    """
+    if n == 2:
+        r = 2.0 * pm.Beta(f"{name}_beta", eta, eta) - 1.0
+        return pt.stack([pt.stack([1.0, 0.0]), pt.stack([r, pt.sqrt(1.0 - r**2)])])
+    if n > 2:
+        return pm.LKJCorr(f"{name}_chol", n=n, eta=eta)
+    return pt.ones((1, 1))
+
+
+def covariate_block(
+    prefix: str,
+    x: np.ndarray,
+    latent: pt.TensorVariable,
+    latent_corr: pt.TensorVariable,
+    row_labels: list[str],
+    names: list[str],
+    priors: Priors,
+    n_scales: int,
+) -> None:
+    """Covariates modelled jointly with standardised latent alliance values.
+
+    For each row (a subject, or a session) with standardised latent alliance
+    ``u`` (correlation matrix ``R`` over scales) and standardised covariates
+    ``x``::
+
+        x = a + B' u + diag(s) e,   e ~ MVN(0, R_e)   (R_e: LKJ prior)
+
+    which is a joint multivariate normal of ``(u, x)`` with every cross
+    covariance free (``B`` has a normal prior per element, so no dimension-driven
+    shrinkage of the alliance-covariate correlations). Derived:
+    ``association[k, q] = (R B)[k, q] / sd(x_q)`` is the latent (disattenuated)
+    correlation, ``covariate_corr`` the covariates' own correlation matrix.
+    Missing covariate values are parameters (``*_missing_z`` on the standardised
+    scale, flat prior: their distribution is the model's conditional one);
+    :func:`caltars_bayes.associations.imputed_covariates` puts them back on the
+    original scale.
+    """
+    n, q = x.shape
+    cdim = f"{prefix}covariate"
+    model = pm.modelcontext(None)
+    model.add_coord(cdim, names)
+    model.add_coord(f"{cdim}2", names)
+    miss_r, miss_c = np.nonzero(~np.isfinite(x))
+    xt = pt.as_tensor_variable(np.where(np.isfinite(x), x, 0.0))
+    if len(miss_r):
+        model.add_coord(
+            f"{cdim}_missing",
+            [f"{row_labels[r]}|{names[c]}" for r, c in zip(miss_r, miss_c, strict=True)],
+        )
+        xm = pm.Flat(f"{cdim}_missing_z", dims=f"{cdim}_missing")
+        xt = pt.set_subtensor(xt[miss_r, miss_c], xm)
+    a = prior_rv(f"{cdim}_intercept", priors.covariate_intercept, dims=cdim)
+    b = prior_rv(f"{cdim}_slope", priors.covariate_slope, dims=("scale", cdim))
+    s = prior_rv(f"{cdim}_sd", priors.covariate_sd, dims=cdim)
+    resid = (xt - a - latent @ b) / s
+    chol = lkj_cholesky(f"{cdim}_resid_corr", q, priors.lkj_eta)
+    if q > 1:
+        z = solve_triangular(chol, resid.T, lower=True).T
+        log_det = pt.log(pt.diagonal(chol)).sum()
+    else:
+        z, log_det = resid, 0.0
+    pm.Potential(
+        f"{cdim}_loglik",
+        -0.5 * (z**2).sum() - n * (pt.log(s).sum() + log_det) - 0.5 * n * q * np.log(2 * np.pi),
+    )
+    cov_x = b.T @ latent_corr @ b + pt.outer(s, s) * (chol @ chol.T)
+    sd_x = pt.sqrt(pt.diagonal(cov_x))
+    assoc = (latent_corr @ b) / sd_x[None, :]
+    pm.Deterministic(f"{prefix}association", assoc, dims=("scale", cdim))
+    if q > 1:
+        pm.Deterministic(f"{cdim}_corr", cov_x / pt.outer(sd_x, sd_x), dims=(cdim, f"{cdim}2"))
+
+
 class AllianceModel:
     """The joint measurement model for one trial's ratings.
 
@@ -259,6 +454,19 @@ class AllianceModel:
             "obs": np.arange(d.n_ratings),
         }
 
+    def _covariate_matrix(
+        self, names: list[str], scaling: dict[str, list[float]], level: str
+    ) -> tuple[np.ndarray, list[str]]:
+        """Standardised covariate values (NaN where missing) and their row labels."""
+        subj, ses, _ = covariate_tables(self.data, self.options)
+        table = subj if level == "subject" else ses
+        assert table is not None
+        x = np.column_stack(
+            [(table[c].to_numpy(float) - scaling[c][0]) / scaling[c][1] for c in names]
+        )
+        labels = list(self.data.subjects) if level == "subject" else list(self.data.session_labels)
+        return x, labels
+
     def build(self) -> pm.Model:
         """Build the PyMC model (no sampling)."""
         d, plan, pr = self.data, self.plan, self.priors
@@ -266,18 +474,13 @@ class AllianceModel:
         with pm.Model(coords=self.coords()) as m:
             # --- treatment-level alliance: theta ~ MVN(0, diag(sd) Omega diag(sd))
             sd_alliance = prior_rv("sd_alliance", pr.sd_alliance, dims="scale")
-            if n_k == 2:
-                # LKJ(eta) for two scales is r = 2 * Beta(eta, eta) - 1; written out
-                # because pm.LKJCorr(n=2) does not compile to JAX (PyTensor 3.3)
-                r01 = pm.Beta("factor_corr_beta", pr.lkj_eta, pr.lkj_eta)
-                r = 2.0 * r01 - 1.0
-                chol = pt.stack([pt.stack([1.0, 0.0]), pt.stack([r, pt.sqrt(1.0 - r**2)])])
-            elif n_k > 2:
-                chol = pm.LKJCorr("factor_corr_chol", n=n_k, eta=pr.lkj_eta)
+            if plan.bifactor:  # specific factors are orthogonal to each other
+                chol = pt.eye(n_k)
             else:
-                chol = pt.ones((1, 1))
-            if n_k > 1:
-                pm.Deterministic("factor_corr", chol @ chol.T, dims=("scale", "scale2"))
+                chol = lkj_cholesky("factor_corr", n_k, pr.lkj_eta)
+            omega = chol @ chol.T
+            if n_k > 1 and not plan.bifactor:
+                pm.Deterministic("factor_corr", omega, dims=("scale", "scale2"))
             if plan.centred_subjects:
                 theta_raw = pm.MvNormal(
                     "theta_raw",
@@ -310,6 +513,33 @@ class AllianceModel:
                     zeta_z = pm.Normal("zeta_z", 0.0, 1.0, dims=("session", "scale"))
                     zeta = pm.Deterministic("zeta", zeta_z * sd_session, dims=("session", "scale"))
                 eta = eta + zeta
+            # --- covariates, jointly with the latent alliance (see covariate_block)
+            if plan.covariates:
+                x, labels = self._covariate_matrix(
+                    plan.covariates, plan.covariate_scaling, "subject"
+                )
+                covariate_block("", x, theta / sd_alliance, omega, labels, plan.covariates, pr, n_k)
+            if plan.session_covariates:
+                x, labels = self._covariate_matrix(
+                    plan.session_covariates, plan.session_covariate_scaling, "session"
+                )
+                # the stationary session-level alliance (trend excluded), standardised
+                var_eta = sd_alliance**2 + (sd_session**2 if plan.session_level else 0.0)
+                sd_eta = pt.sqrt(var_eta)
+                cov_eta = omega * pt.outer(sd_alliance, sd_alliance)
+                if plan.session_level:
+                    cov_eta = cov_eta + pt.diag(sd_session**2)
+                covariate_block(
+                    "session_",
+                    x,
+                    eta / sd_eta,
+                    cov_eta / pt.outer(sd_eta, sd_eta),
+                    labels,
+                    plan.session_covariates,
+                    pr,
+                    n_k,
+                )
+
             if plan.session_trend:
                 times = np.asarray(d.sessions["session_time"], dtype=float)
                 trend = prior_rv("session_trend", pr.trend, dims="scale")
@@ -336,6 +566,17 @@ class AllianceModel:
             item_idx = pm.Data("item_idx", np.asarray(ii, np.int64), dims="obs")
             eta_idx = pm.Data("eta_idx", np.asarray(ss * n_k + kk, np.int64), dims="obs")
             mu = loading[item_idx] * eta.ravel()[eta_idx]
+            if plan.bifactor:
+                # general factor: SD 1 on the logit scale of the average judge (its
+                # scale is fixed, so item general loadings are free and positive)
+                g_z = pm.Normal("general_z", 0.0, 1.0, dims="subject")
+                general = pm.Deterministic("general", g_z - g_z.mean(), dims="subject")
+                log_gl = prior_rv("log_general_loading", pr.log_general_loading, dims="item")
+                g_load = pm.Deterministic("general_loading", pt.exp(log_gl), dims="item")
+                subject_idx = pm.Data(
+                    "subject_idx", np.asarray(d.subject_idx, np.int64), dims="obs"
+                )
+                mu = mu + g_load[item_idx] * general[subject_idx]
             if plan.judge_discrimination:
                 sd_ld = prior_rv("sd_log_discrimination", pr.sd_log_discrimination)
                 if plan.centred_judges:

@@ -119,6 +119,10 @@ class Priors:
     sd_log_discrimination: Prior = Prior("Gamma", {"alpha": 2.0, "beta": 10.0})
     sd_interaction: Prior = Prior("HalfNormal", {"sigma": 0.5})
     trend: Prior = Prior("Normal", {"mu": 0.0, "sigma": 0.5})
+    log_general_loading: Prior = Prior("Normal", {"mu": 0.0, "sigma": 0.75})
+    covariate_intercept: Prior = Prior("Normal", {"mu": 0.0, "sigma": 1.0})
+    covariate_slope: Prior = Prior("Normal", {"mu": 0.0, "sigma": 0.5})
+    covariate_sd: Prior = Prior("HalfNormal", {"sigma": 1.0})
     lkj_eta: float = 2.0
 
     @classmethod
@@ -165,6 +169,9 @@ class ModelOptions:
     cutpoints: str = "item"  # "item" | "scale"
     parameterisation: str = AUTO  # "auto" | "centred" | "noncentred"
     target_accept: float = 0.9
+    bifactor: bool = False  # a general factor besides orthogonal scale factors
+    covariates: bool = True  # model subject covariates jointly with the alliance
+    session_covariates: str = "session"  # "session" | "subject" (aggregate) | "none"
 
     @classmethod
     def parse(
@@ -176,11 +183,17 @@ class ModelOptions:
         for key in ("session_level", "judge_severity", "judge_discrimination"):
             if key in table and table[key] not in _TRISTATE:
                 raise SpecError(f'{where}.{key}: must be true, false or "auto"')
-        for key in ("session_trend", "judge_subject_interaction"):
+        for key in ("session_trend", "judge_subject_interaction", "covariates", "bifactor"):
             if key in table and not isinstance(table[key], bool):
                 raise SpecError(f"{where}.{key}: must be true or false")
         if "cutpoints" in table and table["cutpoints"] not in ("item", "scale"):
             raise SpecError(f'{where}.cutpoints: must be "item" or "scale"')
+        if "session_covariates" in table and table["session_covariates"] not in (
+            "session",
+            "subject",
+            "none",
+        ):
+            raise SpecError(f'{where}.session_covariates: must be "session", "subject" or "none"')
         if "parameterisation" in table and table["parameterisation"] not in (
             AUTO,
             "centred",
@@ -215,6 +228,8 @@ class Structure:
     name: str
     factors: dict[str, tuple[str, ...]]
     description: str = ""
+    #: a general factor over all items besides the (orthogonal) specific factors
+    bifactor: bool = False
 
 
 @dataclass(frozen=True)
@@ -276,7 +291,8 @@ class Instrument:
             raise SpecError(f"{self.source or self.name}: no structure {name!r}; known: {known}")
         st = self.structures[name]
         scales = tuple(Scale(code=f, name=f, items=items) for f, items in st.factors.items())
-        return replace(self, scales=scales, structures={})
+        model = replace(self.model, bifactor=True) if st.bifactor else self.model
+        return replace(self, scales=scales, structures={}, model=model)
 
     def spec_dict(self) -> dict[str, Any]:
         """A plain-data form of the whole spec (for hashing and saving with a fit)."""
@@ -307,6 +323,7 @@ class Instrument:
                 n: {
                     "description": st.description,
                     "factors": {k: list(v) for k, v in st.factors.items()},
+                    **({"bifactor": True} if st.bifactor else {}),
                 }
                 for n, st in self.structures.items()
             },
@@ -421,8 +438,13 @@ def parse_instrument(doc: Mapping[str, Any], source: str = "<spec>") -> Instrume
         w = f"{source} [structures.{sname}]"
         if not isinstance(st, Mapping):
             raise SpecError(f"{w}: must be a table")
-        _check_keys(st, {"description", "factors"}, w)
+        _check_keys(st, {"description", "factors", "bifactor"}, w)
+        bifactor = st.get("bifactor", False)
+        if not isinstance(bifactor, bool):
+            raise SpecError(f"{w}.bifactor: must be true or false")
         facs = st.get("factors")
+        if bifactor and facs is None:  # the instrument's scales are the specific factors
+            facs = {s.code: [s.code] for s in scales}
         if not isinstance(facs, Mapping) or not facs:
             raise SpecError(f"{w}: 'factors' must map factor names to lists of scale or item codes")
         mapped: dict[str, tuple[str, ...]] = {}
@@ -445,7 +467,9 @@ def parse_instrument(doc: Mapping[str, Any], source: str = "<spec>") -> Instrume
         missing = [i for i in seen_items if i not in used]
         if missing:
             raise SpecError(f"{w}: items not assigned to any factor: {missing[:5]}")
-        structures[sname] = Structure(sname, mapped, str(st.get("description", "")))
+        structures[sname] = Structure(
+            sname, mapped, str(st.get("description", "")), bifactor=bifactor
+        )
 
     model = ModelOptions.parse(doc.get("model", {}), f"{source} [model]")
     priors = Priors.parse(doc.get("priors", {}), f"{source} [priors]")
@@ -497,7 +521,7 @@ def instrument_from_dict(doc: Mapping[str, Any]) -> Instrument:
     d = dict(doc)
     structures = d.pop("structures", {}) or {}
     d["structures"] = {
-        n: {"description": st.get("description", ""), "factors": st["factors"]}
+        n: {k: st[k] for k in ("description", "factors", "bifactor") if k in st}
         for n, st in structures.items()
     }
     return parse_instrument(d, source="<saved spec>")

@@ -71,7 +71,8 @@ def test_shipped_caltars(caltars: Instrument) -> None:
     assert (caltars.response_min, caltars.response_max, caltars.n_categories) == (1, 5, 5)
     assert caltars.scale("PTA").provisional
     assert caltars.reverse_keyed == frozenset()
-    assert set(caltars.structures) == {"general", "patient_therapist", "valence_role"}
+    assert set(caltars.structures) == {"general", "patient_therapist", "valence_role", "bifactor"}
+    assert caltars.structures["bifactor"].bifactor
     assert caltars.source is not None and caltars.source.endswith("caltars.toml")
 
 
