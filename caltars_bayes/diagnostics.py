@@ -43,6 +43,10 @@ class Diagnostics:
     n_chains: int
     n_draws: int
     approximate: bool = False
+    #: for approximate fits: the method and the Pareto k-hat of its importance
+    #: ratios log p - log q (see caltars_bayes.approx)
+    approx_method: str = ""
+    pareto_k: float | None = None
     offenders: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(
@@ -65,10 +69,10 @@ class Diagnostics:
     def banner(self) -> str:
         """One line for the top of every table and report."""
         if self.approximate:
-            return (
-                "WARNING: approximate fit (variational/pathfinder): "
-                "intervals are not MCMC posteriors"
-            )
+            how = self.approx_method or "variational/pathfinder"
+            if self.pareto_k is not None:
+                how += f", Pareto k-hat {self.pareto_k:.2f}"
+            return f"WARNING: approximate fit ({how}): intervals are not MCMC posteriors"
         if self.converged:
             return (
                 f"Converged: max R-hat {self.max_rhat:.3f}, min bulk ESS {self.min_ess_bulk:.0f}, "
@@ -78,6 +82,9 @@ class Diagnostics:
 
     def __str__(self) -> str:
         lines = [self.banner()]
+        if self.approximate:
+            lines.extend(f"  {p}" for p in self.problems)
+            return "\n".join(lines)
         lines.append(
             f"chains {self.n_chains} x draws {self.n_draws}; divergences {self.divergences}; "
             f"tree-depth hits {self.treedepth_hits}; "

@@ -23,7 +23,14 @@ SAMPLE_DIMS = ("chain", "draw")
 
 
 def _stamp(df: pd.DataFrame, fit: Fit) -> pd.DataFrame:
+    """Add the verdict: ``converged`` column, ``attrs["diagnostics"]`` banner.
+
+    Approximate fits (Pathfinder, ADVI) also get an ``approximate`` column
+    holding the method name, so a CSV export says it; ``converged`` is False.
+    """
     df["converged"] = fit.diagnostics.converged
+    if fit.diagnostics.approximate:
+        df["approximate"] = fit.diagnostics.approx_method or "yes"
     df.attrs["diagnostics"] = fit.diagnostics.banner()
     return df
 

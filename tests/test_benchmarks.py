@@ -1,25 +1,115 @@
-"""The benchmark script runs on a tiny design, so it cannot rot."""
+"""The benchmark scripts run on tiny designs, so they cannot rot."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-def test_benchmark_script_tiny(tmp_path):
-    out = tmp_path / "results.md"
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    res = subprocess.run(
-        [sys.executable, str(script), "--tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=900, check=False
     )
+
+
+def _table(text: str, heading: str) -> list[list[str]]:
+    """Rows (cells) of the first markdown table after ``heading``."""
+    lines = text.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:  # skip the header and the rule
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.mark.slow
+def test_benchmark_script_tiny(tmp_path, monkeypatch):
+    out = tmp_path / "results.md"
+    res = _run(str(BENCH / "run.py"), "--tiny", "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     text = out.read_text()
+    # founding design
     assert "| tiny 6x2x2 | 720 |" in text
     row = next(line for line in text.splitlines() if line.startswith("| tiny"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[6]) > 0  # sampling seconds measured
     assert int(cells[13]) >= 0  # divergences counted
+    # scaling: 1x reuses the founding run, 2x doubles the ratings; gradient time measured
+    scaling = _table(text, "## Scaling")
+    assert [r[1] for r in scaling] == ["720", "1440"]
+    assert all(float(r[2]) > 0 for r in scaling) and scaling[0][4] == "1.00"
+    # single scale: both models fitted on the anchor trial's scale 1 (4 subjects x 72)
+    single = _table(text, "## Single scale")
+    ours = [r for r in single if "this run" in r[0]]
+    assert len(ours) == 2 and all(r[1] == "288" for r in ours)
+    # approximate mode: compared with NUTS (the founding run), labelled approximate
+    approx = _table(text, "## Approximate mode")
+    methods = [r[0] for r in approx if r[0]]
+    assert methods == ["advi"]
+    assert [r[4] for r in approx] == ["all", "theta", "sds and correlations"]
+    assert all(float(r[6]) >= 0 for r in approx)  # errors in sd units computed
+    raw = json.loads(out.with_suffix(".json").read_text())
+    for m in raw["sections"]["approx"]["methods"].values():
+        assert m["verdict"].startswith("APPROXIMATE") and m["converged"] is False
+    assert "## Targets" in text and "founding design <= 60 s" in text
+
+    # rerunning one section keeps the others (in-process, the section's fits replaced by
+    # a copy of the first run's result with a new total time)
+    spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    single = {k: v for k, v in raw["sections"]["single"].items() if k not in ("seed", "stamp")}
+    single["caltars_single"] = {**single["caltars_single"], "total_s": 123.0}
+    monkeypatch.setattr(run, "section_single", lambda tiny: single)
+    assert run.main(["--tiny", "--only", "single", "--out", str(out)]) == 0
+    raw2 = json.loads(out.with_suffix(".json").read_text())
+    assert raw2["sections"]["founding"] == raw["sections"]["founding"]
+    assert raw2["sections"]["approx"] == raw["sections"]["approx"]
+    assert raw2["sections"]["single"]["caltars_single"]["total_s"] == 123.0
+    text2 = out.read_text()
+    assert (
+        "| 123.0 |" in text2 and "## Approximate mode" in text2 and "| tiny 6x2x2 | 720 |" in text2
+    )
+
+
+def test_benchmark_refuses_unknown_section(tmp_path):
+    res = _run(str(BENCH / "run.py"), "--tiny", "--only", "fastest", "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "unknown section" in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.jax
+def test_gpu_script_tiny_on_cpu(tmp_path):
+    pytest.importorskip("numpyro")
+    out = tmp_path / "gpu"
+    args = ["--subjects", "4", "--sessions", "2", "--judges", "2", "--chains", "2"]
+    args += ["--tune", "10", "--draws", "10", "--max-treedepth", "4", "--no-covariates"]
+    args += ["--out", str(out)]
+    res = _run(str(BENCH / "gpu_100x.py"), *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(out.with_suffix(".json").read_text())
+    assert r["design"]["ratings"] == 4 * 2 * 2 * 30
+    assert r["device"]["platform"] == "cpu" and r["device"]["card"]
+    assert r["wall_s"] > 0 and r["sampling_s"] > 0 and r["divergences"] >= 0
+    assert r["settings"]["chain_method"] == "vectorized"
+    assert r["min_ess_bulk"] > 0 and r["ess_per_s"] > 0
+    md = out.with_suffix(".md").read_text()
+    assert r["date"] in md and "NOT CONVERGED" in md  # 10 draws never converge
+
+
+def test_gpu_script_refuses_a_big_run_without_gpu(tmp_path):
+    jax = pytest.importorskip("jax")
+    if jax.devices()[0].platform != "cpu":
+        pytest.skip("a GPU is present: the full run would start")
+    res = _run(str(BENCH / "gpu_100x.py"), "--subjects", "5200", "--out", str(tmp_path / "g"))
+    assert res.returncode != 0 and "no GPU" in res.stderr
+    assert not (tmp_path / "g.json").exists()

@@ -1,0 +1,258 @@
+"""One prepared run for a GPU machine: 100x the founding design with JAX.
+
+Simulates 100 times the founding study's subjects (5,200 subjects x 4
+sessions x 3 judges x 30 CALTARS items, about 1.9 million ratings, with the
+founding subject and session covariates), fits the full joint model with
+numpyro's NUTS (chains vectorised on one device), and records wall time, ESS
+per second (min bulk ESS over every reported quantity), divergences, peak
+device memory (``jax`` device memory stats) and peak host memory. Writes
+``<out>.json`` and ``<out>.md`` with the date, the card and the versions.
+Target (performance issue): <= 10 minutes on one H100.
+
+Needs the ``jax`` extra and, for the GPU, a CUDA build of jaxlib
+(``pip install "jax[cuda12]"``); nothing is downloaded while it runs.
+
+    python benchmarks/gpu_100x.py                       # 5,200 subjects, 4 x (1000 + 1000)
+    python benchmarks/gpu_100x.py --subjects 6 --sessions 2 --judges 2 \\
+        --chains 2 --tune 20 --draws 20 --out /tmp/gpu_tiny   # a CPU smoke run (tests)
+
+Without a GPU it refuses sizes above ``--max-cpu-subjects`` (default 60), so a
+run on the wrong machine fails at once instead of after hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TARGET_S = 600.0
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for p in ("caltars-bayes", "pymc", "pytensor", "jax", "jaxlib", "numpyro", "blackjax"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def device_memory() -> dict[str, float | None]:
+    """Peak and current bytes in use on the first JAX device (None where not reported)."""
+    import jax
+
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # CPU backends may not implement memory stats
+        stats = {}
+    mb = 1024 * 1024
+    peak = stats.get("peak_bytes_in_use")
+    limit = stats.get("bytes_limit")
+    return {
+        "peak_mb": None if peak is None else peak / mb,
+        "limit_mb": None if limit is None else limit / mb,
+    }
+
+
+def run(
+    subjects: int,
+    sessions: int,
+    judges: int,
+    chains: int,
+    tune: int,
+    draws: int,
+    sampler: str,
+    seed: int,
+    max_cpu_subjects: int,
+    max_treedepth: int | None = None,
+    covariates: bool = True,
+) -> dict[str, Any]:
+    """Simulate, fit and measure (see the module docstring); returns the result record."""
+    t_start = time.perf_counter()
+    import jax
+
+    dev = jax.devices()[0]
+    if dev.platform == "cpu" and subjects > max_cpu_subjects:
+        raise SystemExit(
+            f"error: no GPU found by JAX (devices: {jax.devices()}); refusing {subjects} "
+            f"subjects on CPU (--max-cpu-subjects {max_cpu_subjects}). Install a CUDA jaxlib."
+        )
+    from caltars_bayes import (
+        FOUNDING_SESSION_COVARIATES,
+        FOUNDING_SUBJECT_COVARIATES,
+        fit_model,
+        load_instrument,
+        simulate_trial,
+    )
+    from caltars_bayes.spec import models_dir
+
+    t0 = time.perf_counter()
+    inst = load_instrument(models_dir() / "caltars.toml")
+    trial = simulate_trial(
+        inst,
+        n_subjects=subjects,
+        n_sessions=sessions,
+        n_judges=judges,
+        subject_covariates=FOUNDING_SUBJECT_COVARIATES if covariates else None,
+        session_covariates=FOUNDING_SESSION_COVARIATES if covariates else None,
+        seed=seed,
+    )
+    data = trial.to_rating_data()
+    simulate_s = time.perf_counter() - t0
+    nuts: dict[str, Any] = {"chain_method": "vectorized"}
+    if max_treedepth is not None:
+        nuts["max_tree_depth" if sampler == "numpyro" else "max_num_doublings"] = max_treedepth
+    t1 = time.perf_counter()
+    fit = fit_model(
+        data,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        sampler=sampler,
+        random_seed=seed,
+        nuts=nuts,
+        progressbar=False,
+    )
+    fit_s = time.perf_counter() - t1
+    d, t = fit.diagnostics, fit.meta["timings"]
+    ss = fit.sample_stats
+    steps = float("nan")
+    for name in ("n_steps", "tree_size"):
+        if ss is not None and name in ss:
+            steps = float(ss[name].mean())
+            break
+    mem = device_memory()
+    wall = time.perf_counter() - t_start
+    return {
+        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "device": {
+            "platform": dev.platform,
+            "card": getattr(dev, "device_kind", str(dev)),
+            "count": jax.device_count(),
+        },
+        "host": f"{platform.node()} ({platform.system()} {platform.machine()})",
+        "versions": _versions(),
+        "design": {
+            "subjects": subjects,
+            "sessions": sessions,
+            "judges": judges,
+            "items": len(inst.items),
+            "ratings": data.n_ratings,
+            "covariates": covariates,
+        },
+        "settings": {
+            "max_treedepth": max_treedepth,
+            "sampler": sampler,
+            "chains": chains,
+            "tune": tune,
+            "draws": draws,
+            "chain_method": "vectorized",
+            "seed": seed,
+        },
+        "simulate_s": simulate_s,
+        "fit_s": fit_s,
+        "build_s": t["build_s"],
+        "sampling_s": t["sampling_s"],
+        "wall_s": wall,
+        "steps_per_draw": steps,
+        "min_ess_bulk": d.min_ess_bulk,
+        "min_ess_tail": d.min_ess_tail,
+        "ess_per_s": d.min_ess_bulk / t["sampling_s"],
+        "ess_per_wall_s": d.min_ess_bulk / wall,
+        "max_rhat": d.max_rhat,
+        "divergences": d.divergences,
+        "converged": d.converged,
+        "verdict": d.banner(),
+        "peak_device_memory_mb": mem["peak_mb"],
+        "device_memory_limit_mb": mem["limit_mb"],
+        "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "target_s": TARGET_S,
+        "target_met": bool(wall <= TARGET_S),
+    }
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """The result record as a short markdown report."""
+    dz, st = r["design"], r["settings"]
+    peak = r["peak_device_memory_mb"]
+    peak_txt = "not reported by this device" if peak is None else f"{peak:.0f} MB"
+    return "\n".join(
+        [
+            "# GPU benchmark: 100x the founding design",
+            "",
+            f"Run {r['date']} on {r['device']['card']} ({r['device']['platform']}, "
+            f"{r['device']['count']} device(s)); host {r['host']}.",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
+            "",
+            f"Design: {dz['subjects']} subjects x {dz['sessions']} sessions x {dz['judges']} "
+            f"judges x {dz['items']} items = {dz['ratings']} ratings, "
+            f"{'founding covariates' if dz['covariates'] else 'no covariates'}. "
+            f"{st['sampler']}, {st['chains']} chains ({st['chain_method']}) x ({st['tune']} tune "
+            f"+ {st['draws']} draws), seed {st['seed']}.",
+            "",
+            "| wall s | simulate s | fit s | sampling s (incl. JAX compile) | steps/draw "
+            "| min bulk ESS | ESS/s | max R-hat | divergences | converged | peak device memory "
+            "| peak host MB | <= 10 min |",
+            "|" + "---|" * 13,
+            f"| {r['wall_s']:.1f} | {r['simulate_s']:.1f} | {r['fit_s']:.1f} "
+            f"| {r['sampling_s']:.1f} | {r['steps_per_draw']:.1f} | {r['min_ess_bulk']:.0f} "
+            f"| {r['ess_per_s']:.2f} | {r['max_rhat']:.3f} | {r['divergences']} "
+            f"| {r['converged']} | {peak_txt} | {r['peak_host_memory_mb']:.0f} "
+            f"| {'met' if r['target_met'] else 'NOT met'} |",
+            "",
+            r["verdict"],
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--subjects", type=int, default=5200)
+    ap.add_argument("--sessions", type=int, default=4)
+    ap.add_argument("--judges", type=int, default=3)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--tune", type=int, default=1000)
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--sampler", choices=["numpyro", "blackjax"], default="numpyro")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--max-treedepth", type=int, default=None, help="default: the sampler's (10)")
+    ap.add_argument("--max-cpu-subjects", type=int, default=60)
+    ap.add_argument("--no-covariates", action="store_true", help="ratings only")
+    ap.add_argument("--out", default=str(HERE / "gpu_results"), help="writes OUT.json and OUT.md")
+    a = ap.parse_args(argv)
+    r = run(
+        a.subjects,
+        a.sessions,
+        a.judges,
+        a.chains,
+        a.tune,
+        a.draws,
+        a.sampler,
+        a.seed,
+        a.max_cpu_subjects,
+        a.max_treedepth,
+        not a.no_covariates,
+    )
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(r))
+    print(markdown(r))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
