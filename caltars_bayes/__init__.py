@@ -11,11 +11,13 @@ The public API::
     fit.save("fit_dir")
 """
 
+from caltars_bayes.calibration import Calibration, calibrate, load_calibration, score, score_trial
 from caltars_bayes.data import DataReport, RatingData, read_table
 from caltars_bayes.diagnostics import Diagnostics, check_convergence
 from caltars_bayes.errors import CaltarsError, CaltarsWarning, DataError, FitIOError, SpecError
 from caltars_bayes.fit import Fit, fit_model, load_fit
 from caltars_bayes.model import AllianceModel, ModelPlan, plan_model
+from caltars_bayes.report import Report, build_report, methods_paragraph
 from caltars_bayes.simulate import (
     FOUNDING_SESSION_COVARIATES,
     FOUNDING_SUBJECT_COVARIATES,
@@ -28,6 +30,7 @@ __all__ = [
     "FOUNDING_SESSION_COVARIATES",
     "FOUNDING_SUBJECT_COVARIATES",
     "AllianceModel",
+    "Calibration",
     "CaltarsError",
     "CaltarsWarning",
     "DataError",
@@ -40,13 +43,20 @@ __all__ = [
     "ModelPlan",
     "Priors",
     "RatingData",
+    "Report",
     "SpecError",
     "Trial",
+    "build_report",
+    "calibrate",
     "check_convergence",
     "fit_model",
+    "load_calibration",
     "load_fit",
     "load_instrument",
+    "methods_paragraph",
     "plan_model",
     "read_table",
+    "score",
+    "score_trial",
     "simulate_trial",
 ]

@@ -9,7 +9,10 @@ A fit directory holds::
     ratings.csv         the ratings used (and covariates.csv, session_covariates.csv)
     data_report.json    the data report
     diagnostics.json    the convergence verdict
-    summary.csv, scores.csv, judges.csv   the main tables
+    summary.csv, scores.csv, judges.csv   the main tables (judges.csv with each
+                        judge's reliability, see caltars_bayes.reliability)
+    reliability.csv     interrater and generalizability coefficients as posteriors,
+                        with the classical ICCs beside them
 
 No pickle: everything is netCDF, JSON or CSV. Loading checks the hashes, so a
 fit directory whose data or spec were edited is refused.
@@ -147,6 +150,8 @@ class Fit:
         }
         for node in dt.subtree:
             node.attrs = {k: v for k, v in node.attrs.items() if isinstance(v, str | int | float)}
+        from caltars_bayes.reliability import judges_table, reliability
+
         files: dict[str, Any] = {
             "posterior.nc": lambda p: dt.to_netcdf(p, engine="h5netcdf"),
             "meta.json": json_writer(self.meta),
@@ -158,7 +163,8 @@ class Fit:
             "diagnostics.json": json_writer(self.diagnostics.to_dict()),
             "summary.csv": lambda p: self.summary().to_csv(p, index=False),
             "scores.csv": lambda p: self.scores().to_csv(p, index=False),
-            "judges.csv": lambda p: self.judges().to_csv(p, index=False),
+            "judges.csv": lambda p: judges_table(self).to_csv(p, index=False),
+            "reliability.csv": lambda p: reliability(self).to_csv(p, index=False),
         }
         figures = []
         if self.plan.covariates or self.plan.session_covariates:
@@ -209,21 +215,10 @@ class Fit:
         )
 
     def _repr_html_(self) -> str:
-        d = self.diagnostics
-        colour = "#2e7d32" if d.converged else "#c62828"
-        head = (
-            f"<div style='border-left:6px solid {colour};padding:4px 8px'>"
-            f"<b>{self.instrument.name} fit</b>: {self.data.n_ratings} ratings, "
-            f"{self.data.n_subjects} subjects, {self.data.n_sessions} sessions, "
-            f"{self.data.n_judges} judges; sampler {self.meta.get('sampler')}, "
-            f"{d.n_chains} chains x {d.n_draws} draws<br>"
-            f"<b style='color:{colour}'>{d.banner()}</b></div>"
-        )
-        scales = (
-            self.summary(["factor_corr", "sd_session"]) if "sd_session" in self.posterior else None
-        )
-        body = scales.to_html(index=False, float_format="%.3f") if scales is not None else ""
-        return head + body
+        """Notebook display: the verdict, the design and the scale-level tables."""
+        from caltars_bayes.report import fit_html
+
+        return fit_html(self)
 
 
 def fit_model(
@@ -238,8 +233,10 @@ def fit_model(
     progressbar: bool = True,
     cores: int | None = None,
     model: AllianceModel | None = None,
+    method: str = "nuts",
+    approx: dict[str, Any] | None = None,
 ) -> Fit:
-    """Fit the joint measurement model to ``data`` with NUTS.
+    """Fit the joint measurement model to ``data`` with NUTS (or approximately).
 
     Parameters
     ----------
@@ -249,6 +246,13 @@ def fit_model(
     random_seed : seed; the same seed and sampler give the same draws.
     nuts : extra sampler options, e.g. ``{"target_accept": 0.95, "max_treedepth": 12}``.
     model : an already built :class:`AllianceModel` (to reuse a compiled graph).
+    method : ``"nuts"`` (default), or an APPROXIMATE method for quick looks:
+        ``"pathfinder"``, ``"advi"`` or ``"fullrank_advi"`` (see
+        :mod:`caltars_bayes.approx`). An approximate fit has ``draws`` draws in
+        one chain (``tune``, ``chains``, ``sampler`` and ``nuts`` are not used),
+        ``diagnostics.approximate`` True, ``converged`` always False, and its
+        tables say so; ``meta["approximation"]`` holds the Pareto k-hat.
+    approx : options of the approximate method (``caltars_bayes.approx.DEFAULTS``).
 
     Returns
     -------
@@ -260,20 +264,37 @@ def fit_model(
     t_build = time.perf_counter() - t0
     nuts = dict(nuts or {})
     target_accept = float(nuts.pop("target_accept", am.options.target_accept))
-    dt, timings = run_nuts(
-        pm_model,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        sampler=sampler,
-        random_seed=random_seed,
-        target_accept=target_accept,
-        nuts=nuts,
-        progressbar=progressbar,
-        cores=cores,
-    )
-    dt = _tidy(dt)
-    diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
+    method = method.lower()
+    info: dict[str, Any] = {}
+    if method != "nuts":
+        from caltars_bayes.approx import approximate_diagnostics, run_approx
+
+        dt, timings, info = run_approx(
+            pm_model,
+            method=method,
+            draws=draws,
+            random_seed=random_seed,
+            options=approx,
+            progressbar=progressbar,
+        )
+        dt = _tidy(dt)
+        diag = approximate_diagnostics(dt["posterior"].to_dataset(), info)
+        sampler, tune, chains, nuts = method, 0, 1, {}
+    else:
+        dt, timings = run_nuts(
+            pm_model,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            sampler=sampler,
+            random_seed=random_seed,
+            target_accept=target_accept,
+            nuts=nuts,
+            progressbar=progressbar,
+            cores=cores,
+        )
+        dt = _tidy(dt)
+        diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
     for note in am.plan.notes:
         if note not in data.report.design_notes:
             data.report.add_note(note)
@@ -288,7 +309,8 @@ def fit_model(
         "random_seed": random_seed,
         "target_accept": target_accept,
         "nuts": nuts,
-        "method": "NUTS",
+        "method": "NUTS" if method == "nuts" else method,
+        **({"approximation": info} if info else {}),
         "timings": {"build_s": t_build, **timings, "total_s": time.perf_counter() - t0},
         "plan": am.plan.to_dict(),
         "spec_hash": data.instrument.hash(),

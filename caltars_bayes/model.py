@@ -391,7 +391,7 @@ def covariate_block(
     chol = lkj_cholesky(f"{cdim}_resid_corr", q, priors.lkj_eta)
     if q > 1:
         z = solve_triangular(chol, resid.T, lower=True).T
-        log_det = pt.log(pt.diagonal(chol)).sum()
+        log_det = pt.log((chol * np.eye(q)).sum(axis=1)).sum()  # no arange: JAX-safe
     else:
         z, log_det = resid, 0.0
     pm.Potential(
@@ -399,7 +399,9 @@ def covariate_block(
         -0.5 * (z**2).sum() - n * (pt.log(s).sum() + log_det) - 0.5 * n * q * np.log(2 * np.pi),
     )
     cov_x = b.T @ latent_corr @ b + pt.outer(s, s) * (chol @ chol.T)
-    sd_x = pt.sqrt(pt.diagonal(cov_x))
+    # Var(x_q) = b_q' R b_q + s_q^2 (R_e has a unit diagonal); written without
+    # pt.diagonal, whose arange JAX cannot compile
+    sd_x = pt.sqrt((b * (latent_corr @ b)).sum(axis=0) + s**2)
     assoc = (latent_corr @ b) / sd_x[None, :]
     pm.Deterministic(f"{prefix}association", assoc, dims=("scale", cdim))
     if q > 1:
@@ -413,6 +415,9 @@ class AllianceModel:
     ----------
     data : a validated :class:`~caltars_bayes.data.RatingData`.
     options, priors : override the instrument spec's ``[model]`` and ``[priors]``.
+    informative : informative priors borrowed from an earlier trial: quantity
+        name -> (mean, sd) arrays on its unconstrained scale, added to the
+        default priors (see :mod:`caltars_bayes.borrow`).
 
     Examples
     --------
@@ -425,12 +430,14 @@ class AllianceModel:
         data: RatingData,
         options: ModelOptions | None = None,
         priors: Priors | None = None,
+        informative: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.data = data
         self.instrument: Instrument = data.instrument
         self.options = options or self.instrument.model
         self.priors = priors or self.instrument.priors
         self.plan = plan_model(data, self.options)
+        self.informative = dict(informative or {})
         self._model: pm.Model | None = None
 
     @property
@@ -528,7 +535,7 @@ class AllianceModel:
                 sd_eta = pt.sqrt(var_eta)
                 cov_eta = omega * pt.outer(sd_alliance, sd_alliance)
                 if plan.session_level:
-                    cov_eta = cov_eta + pt.diag(sd_session**2)
+                    cov_eta = cov_eta + np.eye(n_k) * sd_session**2
                 covariate_block(
                     "session_",
                     x,
@@ -629,4 +636,8 @@ class AllianceModel:
                 observed=y,
                 dims="obs",
             )
+            if self.informative:
+                from caltars_bayes.borrow import add_borrowed_priors
+
+                add_borrowed_priors(m, self.informative, d)
         return m

@@ -390,3 +390,55 @@ def simulate_trial(
         "seed": seed,
     }
     return Trial(instrument, long, covs, scovs, truth, params)
+
+
+def simulate_ratings(
+    trial: Trial,
+    judges: Mapping[str, tuple[float | np.ndarray, float]],
+    subjects: list[str] | None = None,
+    seed: int | None = 1,
+) -> pd.DataFrame:
+    """Ratings of a simulated trial's sessions by other judges (e.g. new or drifting ones).
+
+    Every listed judge rates every item of every session of ``subjects`` (all
+    by default) from the trial's true session alliance, loadings and
+    cutpoints, with the given severity (a number, or one per scale) and
+    discrimination, on the trial's scale (severity relative to its panel's
+    average judge, discrimination relative to its geometric mean).
+
+    Returns
+    -------
+    DataFrame ``subject, session, judge, item, rating`` (raw ratings:
+    reverse-keyed items reversed as a judge writes them).
+    """
+    rng = np.random.default_rng(seed)
+    t, inst = trial.truth, trial.instrument
+    codes = list(t["scale"].values)
+    items = list(t["item"].values)
+    item_scale = np.array([codes.index(inst.item_scale[i]) for i in items])
+    ses_subject = np.asarray(t["session_subject"].values).astype(str)
+    keep = np.ones(len(ses_subject), bool) if subjects is None else np.isin(ses_subject, subjects)
+    eta = t["eta"].transpose("session", "scale").values[keep]
+    numbers = np.asarray(t["session_number"].values)[keep]
+    lam = t["loading"].values
+    tau = t["cutpoints"].transpose("item", "cutpoint").values
+    rev = np.array([i in inst.reverse_keyed for i in items])
+    frames = []
+    for name, (severity, discrimination) in judges.items():
+        sev = np.broadcast_to(np.asarray(severity, dtype=float), (len(codes),))
+        mu = discrimination * lam[None, :] * eta[:, item_scale] - sev[item_scale][None, :]
+        cum = 1.0 / (1.0 + np.exp(-(tau[None, :, :] - mu[..., None])))
+        score = inst.response_min + (rng.uniform(size=mu.shape)[..., None] > cum).sum(-1)
+        rating = np.where(rev[None, :], inst.response_min + inst.response_max - score, score)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "subject": np.repeat(ses_subject[keep], len(items)),
+                    "session": np.repeat(numbers, len(items)),
+                    "judge": name,
+                    "item": np.tile(items, len(eta)),
+                    "rating": rating.ravel().astype(int),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

@@ -197,34 +197,7 @@ def test_unknown_spec_key_is_clear(tmp_path, capsys):
     assert "s.toml" in err and "colour" in err
 
 
-def test_demo_end_to_end_small(tmp_path, capsys):
-    out = tmp_path / "demo"
-    rc = main(
-        [
-            "demo",
-            "--out",
-            str(out),
-            "--subjects",
-            "6",
-            "--sessions",
-            "2",
-            "--judges",
-            "2",
-            "--draws",
-            "20",
-            "--tune",
-            "20",
-            "--chains",
-            "2",
-            "--quiet",
-        ]
-    )
-    assert rc == 0
-    text = capsys.readouterr().out
-    assert "data report" in text.lower() and "NOT CONVERGED" in text
-    for f in ("trial/ratings.csv", "trial/truth.nc", "fit/posterior.nc", "fit/summary.csv"):
-        assert (out / f).is_file()
-    assert main(["demo", "--out", str(out), "--subjects", "6"]) == 2  # exists: needs --force
+# The demo end to end (tiny settings) is tested in tests/test_report.py.
 
 
 def test_fit_alternative_structure(sim_dir, tmp_path):
