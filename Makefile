@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PYVER := $(shell cat .python-version 2>/dev/null || echo 3.12)
 EXTRAS ?= io,jax,dask,dev
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast test-long lint bench clean
 
 # Find a Python >= 3.12: pyenv's pick for .python-version, then python$(PYVER), then python3.
 BASE_PY := $(shell for c in "$$(pyenv which python 2>/dev/null)" python$(PYVER) python3.13 python3.12 python3; do \
@@ -31,9 +31,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/caltars-bayes demo --out demo_output --force
 
+# CI (.ci/run) runs this: every test except the multi-trial `long` studies
 test: $(STAMP)
 	$(VENV)/bin/ruff check caltars_bayes tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not long"
+
+test-long: $(STAMP)
+	$(PY) -m pytest -q -m long
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -646,6 +646,7 @@ def test_cli_dstudy_smoke(tiny_fit, tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_posterior_intervals_cover_true_coefficients(calpas) -> None:
     """90% HDIs of every coefficient cover the truth at about the nominal rate.
 
