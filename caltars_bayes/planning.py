@@ -725,22 +725,9 @@ def run_replication(task: Task, plan: Plan) -> pd.DataFrame:
         row |= {"converged": False, "divergences": 0, "max_rhat": np.nan, "min_ess_bulk": np.nan}
         row |= _classical_decisions(plan, data, effect, design)
     else:
-        from caltars_bayes.fit import fit_model
+        from caltars_bayes.tasks import fit_in_task
 
-        nuts: dict[str, Any] = {}
-        if plan.method == "nuts":
-            nuts["backend"] = plan.backend or _default_backend()
-        fit = fit_model(
-            data,
-            draws=plan.draws,
-            tune=plan.tune,
-            chains=plan.chains,
-            random_seed=task.seeds[1],
-            progressbar=False,
-            cores=1,
-            method=plan.method,
-            nuts=nuts,
-        )
+        fit = fit_in_task(data, plan, task.seeds[1])
         d = fit.diagnostics
         row |= {
             "converged": fit.converged,
@@ -754,16 +741,6 @@ def run_replication(task: Task, plan: Plan) -> pd.DataFrame:
 
 def _savefig(fig: Any, path: Path, fmt: str) -> None:
     fig.savefig(path, format=fmt, dpi=120)
-
-
-def _default_backend() -> str:
-    import importlib.util
-    import os
-
-    env = os.environ.get("CALTARS_BAYES_NUTPIE_BACKEND")
-    if env:
-        return env
-    return "jax" if importlib.util.find_spec("jax") is not None else "numba"
 
 
 # --------------------------------------------------------------------------- power

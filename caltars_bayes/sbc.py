@@ -296,27 +296,14 @@ def run_simulation(task: Task, config: SBCConfig) -> pd.DataFrame:
     """
     from arviz_stats import ess
 
-    from caltars_bayes.fit import fit_model
     from caltars_bayes.model import AllianceModel
+    from caltars_bayes.tasks import fit_in_task
 
     data0 = design_data(config)
     am = AllianceModel(data0)
     prior, y = draw_from_prior(am, task.seeds[0], task.seeds[3])
     data = with_ratings(data0, y, f"<SBC simulation {task.params['sim']}>")
-    nuts: dict[str, Any] = {}
-    if config.method == "nuts":
-        nuts["backend"] = config.backend or _default_backend()
-    fit = fit_model(
-        data,
-        draws=config.draws,
-        tune=config.tune,
-        chains=config.chains,
-        random_seed=task.seeds[1],
-        progressbar=False,
-        cores=1,
-        method=config.method,
-        nuts=nuts,
-    )
+    fit = fit_in_task(data, config, task.seeds[1])
     post = fit.posterior
     keep = {dim: list(post[dim].values[:n]) for dim, n in KEEP_FIRST.items() if dim in post.coords}
     variables = tuple(v for v in config.variables if v != "reliability")
@@ -367,11 +354,6 @@ def run_simulation(task: Task, config: SBCConfig) -> pd.DataFrame:
 def _savefig(fig: Any, path: Path, fmt: str) -> None:
     fig.savefig(path, format=fmt, dpi=110)
 
-
-def _default_backend() -> str:
-    from caltars_bayes.planning import _default_backend as default
-
-    return default()
 
 
 # --------------------------------------------------------------------------- tests of uniformity

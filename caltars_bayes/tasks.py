@@ -301,3 +301,39 @@ def collect_results(tasks: Sequence[Task], out: str | Path) -> pd.DataFrame:
 
 def _print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def default_backend() -> str:
+    """nutpie backend for fits inside tasks: the environment's choice, else JAX when installed.
+
+    JAX compiles in seconds where numba takes tens of seconds per graph, which
+    dominates many small fits.
+    """
+    env = os.environ.get("CALTARS_BAYES_NUTPIE_BACKEND")
+    if env:
+        return env
+    return "jax" if importlib.util.find_spec("jax") is not None else "numba"
+
+
+def fit_in_task(data: Any, config: Any, seed: int) -> Any:
+    """Fit one replication inside a task: one core, no progress bar.
+
+    ``config`` carries ``method``, ``backend``, ``draws``, ``tune`` and ``chains``
+    (a plan or an SBC configuration). Returns the :class:`~caltars_bayes.fit.Fit`.
+    """
+    from caltars_bayes.fit import fit_model
+
+    nuts: dict[str, Any] = {}
+    if config.method == "nuts":
+        nuts["backend"] = config.backend or default_backend()
+    return fit_model(
+        data,
+        draws=config.draws,
+        tune=config.tune,
+        chains=config.chains,
+        random_seed=seed,
+        progressbar=False,
+        cores=1,
+        method=config.method,
+        nuts=nuts,
+    )
