@@ -31,10 +31,12 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/caltars-bayes demo --out demo_output --force
 
-# CI (.ci/run) runs this: every test except the multi-trial `long` studies
+# CI (.ci/run) runs this: every test except the multi-trial `long` studies, on two
+# workers (model compilation is single-threaded, so two test files at a time keep
+# both cores busy), one worker per test file so module fixtures are fitted once.
 test: $(STAMP)
 	$(VENV)/bin/ruff check caltars_bayes tests benchmarks
-	$(PY) -m pytest -q -m "not long"
+	$(PY) -m pytest -q -m "not long" -n 2 --dist loadfile --durations=25
 
 test-long: $(STAMP)
 	$(PY) -m pytest -q -m long

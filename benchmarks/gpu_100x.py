@@ -65,6 +65,39 @@ def device_memory() -> dict[str, float | None]:
     }
 
 
+def gradient_ms(data, repeats: int = 20) -> dict[str, float]:
+    """Milliseconds per JAX log-density gradient of the joint model on the default device.
+
+    ``ms`` for one chain, ``ms_4`` for four chains vectorised (what numpyro's
+    ``chain_method="vectorized"`` evaluates per leapfrog step). Printed before
+    fitting so that a run stopped by a time limit still says what a gradient costs.
+    """
+    import jax
+    from pymc.sampling.jax import get_jaxified_logp
+
+    from caltars_bayes import AllianceModel
+
+    model = AllianceModel(data).model
+    logp = get_jaxified_logp(model)
+    grad = jax.jit(jax.value_and_grad(lambda x: logp(x)))
+    grad4 = jax.jit(jax.vmap(jax.value_and_grad(lambda x: logp(x))))
+    ip = model.initial_point()
+    x = [jax.numpy.asarray(ip[v.name]) for v in model.value_vars]
+    x4 = [jax.numpy.stack([a] * 4) for a in x]
+    t0 = time.perf_counter()
+    jax.block_until_ready(grad(x))
+    jax.block_until_ready(grad4(x4))
+    compile_s = time.perf_counter() - t0
+    out = {"compile_s": compile_s}
+    for key, f, arg in (("ms", grad, x), ("ms_4", grad4, x4)):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            r = f(arg)
+        jax.block_until_ready(r)
+        out[key] = 1000 * (time.perf_counter() - t0) / repeats
+    return out
+
+
 def run(
     subjects: int,
     sessions: int,
@@ -77,6 +110,8 @@ def run(
     max_cpu_subjects: int,
     max_treedepth: int | None = None,
     covariates: bool = True,
+    time_gradient: bool = True,
+    gradient_only: bool = False,
 ) -> dict[str, Any]:
     """Simulate, fit and measure (see the module docstring); returns the result record."""
     t_start = time.perf_counter()
@@ -110,6 +145,19 @@ def run(
     )
     data = trial.to_rating_data()
     simulate_s = time.perf_counter() - t0
+    grad_ms = gradient_ms(data) if time_gradient else None
+    if grad_ms is not None:
+        print(
+            f"[{time.perf_counter() - t_start:.0f} s] one log-density gradient on {dev}: "
+            f"{grad_ms['ms']:.2f} ms (4 chains vectorised: {grad_ms['ms_4']:.2f} ms; "
+            f"compile {grad_ms['compile_s']:.1f} s)",
+            flush=True,
+        )
+    print(
+        f"[{time.perf_counter() - t_start:.0f} s] simulated {data.n_ratings} ratings "
+        f"in {simulate_s:.1f} s on {dev}; fitting",
+        flush=True,
+    )
     nuts: dict[str, Any] = {"chain_method": "vectorized"}
     if max_treedepth is not None:
         nuts["max_tree_depth" if sampler == "numpyro" else "max_num_doublings"] = max_treedepth
@@ -126,6 +174,12 @@ def run(
     )
     fit_s = time.perf_counter() - t1
     d, t = fit.diagnostics, fit.meta["timings"]
+    diag_s = t["total_s"] - t["build_s"] - t["sampling_s"]
+    print(
+        f"[{time.perf_counter() - t_start:.0f} s] fitted: sampling {t['sampling_s']:.1f} s "
+        f"(JAX compile included), diagnostics {diag_s:.1f} s",
+        flush=True,
+    )
     ss = fit.sample_stats
     steps = float("nan")
     for name in ("n_steps", "tree_size"):
@@ -164,6 +218,9 @@ def run(
         "fit_s": fit_s,
         "build_s": t["build_s"],
         "sampling_s": t["sampling_s"],
+        "gradient": grad_ms,
+        "diagnostics_s": diag_s,
+        "subsampled": d.subsampled,
         "wall_s": wall,
         "steps_per_draw": steps,
         "min_ess_bulk": d.min_ess_bulk,
@@ -230,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-treedepth", type=int, default=None, help="default: the sampler's (10)")
     ap.add_argument("--max-cpu-subjects", type=int, default=60)
     ap.add_argument("--no-covariates", action="store_true", help="ratings only")
+    ap.add_argument(
+        "--no-gradient-timing", action="store_true", help="skip timing one gradient first"
+    )
+    ap.add_argument(
+        "--gradient-only", action="store_true", help="time one gradient, print it, stop"
+    )
     ap.add_argument("--out", default=str(HERE / "gpu_results"), help="writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
     r = run(
@@ -244,7 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         a.max_cpu_subjects,
         a.max_treedepth,
         not a.no_covariates,
+        not a.no_gradient_timing,
+        a.gradient_only,
     )
+    if a.gradient_only:
+        print(json.dumps(r, indent=1))
+        return 0
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n")

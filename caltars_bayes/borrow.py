@@ -40,18 +40,26 @@ with no conflict ``z`` is standard normal (the data's pull on the posterior
 mean has variance ``prior var - posterior var``). An element is flagged when
 ``|z|`` exceeds the Bonferroni bound for a family-wise 5% over all borrowed
 elements; any flag is reported as prior-data conflict.
+
+Files. ``caltars-bayes fit NEW --prior-from FITDIR`` writes the derivation
+(:meth:`Borrowed.to_dict`, with the source fit's path and the conflict
+summary) to ``prior_from.json`` and the conflict table to
+``prior_conflict.csv`` in the new fit directory; :func:`read_prior_from` reads
+them back for the report (``caltars_bayes.report``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from caltars_bayes.errors import DataError
+from caltars_bayes.errors import DataError, FitIOError
 
 if TYPE_CHECKING:
     import pymc as pm
@@ -74,6 +82,17 @@ QUANTITIES: dict[str, tuple[str, str]] = {
 CONFLICT_ALPHA = 0.05
 #: Smallest moment-matched SD (the earlier posterior can be nearly degenerate).
 MIN_SD = 1e-3
+#: Family of every borrowed prior (on the quantity's unconstrained scale).
+FAMILY = "Normal"
+#: Files a ``fit --prior-from`` adds to the fit directory.
+PRIOR_FROM_FILE = "prior_from.json"
+PRIOR_CONFLICT_FILE = "prior_conflict.csv"
+#: Columns of a borrowed element in ``prior_from.json`` (``priors``) and of the conflict table.
+PRIOR_COLUMNS = ["quantity", "element", "source", "definition", "mean", "sd", "weight", "prior_sd"]
+CONFLICT_COLUMNS = [
+    "quantity", "element", "prior_mean", "prior_sd", "post_mean", "post_sd", "z", "threshold",
+    "conflict",
+]  # fmt: skip
 
 
 def _scale_average(data: RatingData) -> np.ndarray:
@@ -169,6 +188,7 @@ class Borrowed:
                 "(mean and SD over the earlier fit's posterior draws), raised to the power "
                 "weight (SD / sqrt(weight)), added to the default priors"
             ),
+            "family": FAMILY,
             "weight": self.weight,
             "source": self.source,
             "notes": self.notes,
@@ -202,6 +222,8 @@ def derive_priors(earlier: Fit, data: RatingData, weight: float = 1.0) -> Borrow
         )
     if (old.response_min, old.response_max) != (new.response_min, new.response_max):
         raise DataError("--prior-from: the earlier fit has another response range")
+    if old.reverse_keyed != new.reverse_keyed:
+        raise DataError("--prior-from: the earlier fit has other reverse-keyed items")
     plan = plan_model(data)
     post = earlier.posterior
     notes = [
@@ -238,10 +260,7 @@ def derive_priors(earlier: Fit, data: RatingData, weight: float = 1.0) -> Borrow
         )
         for lab, m, s, ps in zip(labels, mean, sd, prior_sd, strict=True):
             rows.append([name, lab, var, definition, m, s, weight, ps])
-    table = pd.DataFrame(
-        rows,
-        columns=["quantity", "element", "source", "definition", "mean", "sd", "weight", "prior_sd"],
-    )
+    table = pd.DataFrame(rows, columns=PRIOR_COLUMNS)
     ed = earlier.data
     source = {
         "instrument": old.name,
@@ -308,17 +327,75 @@ def prior_conflict(fit: Fit, borrowed: Borrowed) -> pd.DataFrame:
     out["conflict"] = out["z"].abs() > thr
     out["converged"] = fit.diagnostics.converged
     out.attrs["diagnostics"] = fit.diagnostics.banner()
-    bad = out[out["conflict"]]
-    if bad.empty:
-        summary = (
-            f"no prior-data conflict: all {len(out)} borrowed elements within |z| <= {thr:.2f}"
-        )
-    else:
-        worst = bad.reindex(bad["z"].abs().sort_values(ascending=False).index).head(5)
-        listed = "; ".join(f"{r.quantity}[{r.element}] z={r.z:+.1f}" for r in worst.itertuples())
-        summary = (
-            f"PRIOR-DATA CONFLICT: {len(bad)} of {len(out)} borrowed elements beyond "
-            f"|z| > {thr:.2f} ({listed}); consider a smaller --prior-weight or no borrowing"
-        )
-    out.attrs["summary"] = summary
+    out.attrs["summary"] = conflict_summary(out)
     return out
+
+
+def conflict_summary(conflict: pd.DataFrame) -> str:
+    """One line saying whether a :func:`prior_conflict` table flags anything, and what."""
+    if conflict.empty:
+        return "nothing borrowed: no prior-data conflict check"
+    thr = float(conflict["threshold"].iloc[0])
+    flagged = conflict["conflict"].astype(bool)
+    bad = conflict[flagged]
+    if bad.empty:
+        return (
+            f"no prior-data conflict: all {len(conflict)} borrowed elements within |z| <= {thr:.2f}"
+        )
+    worst = bad.reindex(bad["z"].abs().sort_values(ascending=False).index).head(5)
+    listed = "; ".join(f"{r.quantity}[{r.element}] z={r.z:+.1f}" for r in worst.itertuples())
+    return (
+        f"PRIOR-DATA CONFLICT: {len(bad)} of {len(conflict)} borrowed elements beyond "
+        f"|z| > {thr:.2f} ({listed}); consider a smaller --prior-weight or no borrowing"
+    )
+
+
+def read_prior_from(fitdir: str | Path) -> tuple[dict[str, Any] | None, pd.DataFrame | None]:
+    """The borrowed-prior derivation and conflict table a ``fit --prior-from`` wrote.
+
+    Parameters
+    ----------
+    fitdir : a fit directory.
+
+    Returns
+    -------
+    (doc, conflict) : ``doc`` is ``prior_from.json`` (method, family, weight,
+    source, notes, quantities, ``priors``: one record per borrowed element with
+    ``quantity, element, source, definition, mean, sd, weight, prior_sd``,
+    conflict_summary); ``conflict`` is ``prior_conflict.csv`` with the columns
+    of :func:`prior_conflict` (``element`` empty for a single-element
+    quantity). Either is None when its file is absent. Raises
+    :class:`~caltars_bayes.errors.FitIOError` for a corrupted file.
+    """
+    p = Path(fitdir)
+    doc, conflict = None, None
+    path = p / PRIOR_FROM_FILE
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise FitIOError(f"{path}: corrupted ({exc})") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("priors"), list):
+            raise FitIOError(f"{path}: not a borrowed-prior record (no 'priors' list)")
+        for i, rec in enumerate(doc["priors"]):
+            missing = [c for c in PRIOR_COLUMNS if not isinstance(rec, dict) or c not in rec]
+            if missing:
+                raise FitIOError(f"{path}: priors[{i}] lacks {', '.join(missing)}")
+        if "weight" not in doc:
+            raise FitIOError(f"{path}: no 'weight'")
+    path = p / PRIOR_CONFLICT_FILE
+    if path.is_file():
+        try:
+            conflict = pd.read_csv(path, dtype={"quantity": str, "element": str})
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            raise FitIOError(f"{path}: not a CSV table ({exc})") from None
+        missing = [c for c in CONFLICT_COLUMNS if c not in conflict.columns]
+        if missing:
+            raise FitIOError(f"{path}: not a prior-conflict table (no {', '.join(missing)})")
+        conflict["element"] = conflict["element"].fillna("")
+        if conflict["conflict"].dtype != bool:
+            flags = conflict["conflict"].astype(str).str.strip().str.lower()
+            if not flags.isin(["true", "false"]).all():
+                raise FitIOError(f"{path}: column 'conflict' is not True/False")
+            conflict["conflict"] = flags == "true"
+    return doc, conflict

@@ -221,14 +221,15 @@ def _borrowed_model(args: argparse.Namespace, data):
 
 def _write_borrowed(fit, borrowed, out: Path) -> None:
     """Add prior_from.json and prior_conflict.csv to the fit directory; print the verdict."""
-    from caltars_bayes.borrow import prior_conflict
+    from caltars_bayes.borrow import PRIOR_CONFLICT_FILE, PRIOR_FROM_FILE, prior_conflict
     from caltars_bayes.io import atomic_write_dir, json_writer
 
     conflict = prior_conflict(fit, borrowed)
     doc = {**borrowed.to_dict(), "conflict_summary": conflict.attrs["summary"]}
+    doc["source"] = {"path": fit.meta["prior_from"]["fit"], **doc["source"]}
     files = {
-        "prior_from.json": json_writer(doc),
-        "prior_conflict.csv": lambda p: conflict.to_csv(p, index=False),
+        PRIOR_FROM_FILE: json_writer(doc),
+        PRIOR_CONFLICT_FILE: lambda p: conflict.to_csv(p, index=False),
     }
     atomic_write_dir(out, files, force=True, merge=True)
     print(conflict.attrs["summary"])
@@ -366,6 +367,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from caltars_bayes.borrow import read_prior_from
     from caltars_bayes.fit import load_fit
     from caltars_bayes.report import FORMATS, SUFFIX, build_report, figure_dir
 
@@ -381,6 +383,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if p.exists() and not args.force:
             raise CaltarsError(f"{p}: already exists; use --force to overwrite")
     fit = load_fit(fitdir)
+    prior_from, prior_conflict = read_prior_from(fitdir)  # written by fit --prior-from
     hypotheses = None
     if args.hypotheses:
         hypotheses = _load_hypotheses(args.hypotheses, fit.data)
@@ -406,6 +409,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         comparison=comparison,
         ppc=not args.no_ppc,
         reliability_table=_saved_table(fitdir, "reliability.csv"),
+        prior_from=prior_from,
+        prior_conflict=prior_conflict,
         progress=lambda name: print(f"  {name}", flush=True),
     )
     try:
@@ -745,7 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
         "structure, reliability beside the classical ICCs, judges, associations and "
         "hypotheses, decision study, model comparison, posterior predictive checks and a "
         "methods paragraph. From FITDIR it uses hypotheses.json (the hypotheses the fit was "
-        "made with) and reliability.csv; --compare adds a model comparison. Figures are "
+        "made with), reliability.csv and, for a fit made with --prior-from, prior_from.json "
+        "and prior_conflict.csv (the borrowed priors and prior-data conflict); --compare adds "
+        "a model comparison. Figures are "
         "written beside the report (REPORT_figures/, PNG and SVG).",
     )
     r.add_argument("fitdir", help="fit directory written by `caltars-bayes fit`")

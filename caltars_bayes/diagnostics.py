@@ -13,11 +13,16 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from arviz_stats import ess, rhat
+
+from caltars_bayes.mcmcstats import dataset_convergence
 
 RHAT_MAX = 1.01
 ESS_MIN = 400.0
 EBFMI_MIN = 0.3
+#: Variables with more elements than this (per-session values of very large
+#: trials) are checked on a seeded random subset of this many elements; the
+#: Diagnostics say so (``subsampled``). Every smaller variable is checked whole.
+MAX_CHECKED = 10_000
 
 #: Suffixes of posterior variables that are bookkeeping, not reported quantities:
 #: non-centred standard normals, uncentred raw values, Cholesky factors and the
@@ -47,6 +52,8 @@ class Diagnostics:
     #: ratios log p - log q (see caltars_bayes.approx)
     approx_method: str = ""
     pareto_k: float | None = None
+    #: variables checked on a random subset: {name: [checked, total]}
+    subsampled: dict[str, list[int]] = field(default_factory=dict)
     offenders: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(
@@ -90,6 +97,8 @@ class Diagnostics:
             f"tree-depth hits {self.treedepth_hits}; "
             f"E-BFMI {', '.join(f'{e:.2f}' for e in self.ebfmi) or 'n/a'}"
         )
+        for name, (k, total) in self.subsampled.items():
+            lines.append(f"  {name}: a random {k:,} of its {total:,} values checked")
         for o in self.offenders[:10]:
             lines.append(
                 f"  {o['parameter']}: R-hat {o['rhat']:.3f}, bulk ESS {o['ess_bulk']:.0f}, "
@@ -128,11 +137,16 @@ def check_convergence(
     sample_stats: xr.Dataset | None = None,
     var_names: list[str] | None = None,
     approximate: bool = False,
+    max_checked: int | None = MAX_CHECKED,
 ) -> Diagnostics:
     """Check R-hat, bulk/tail ESS, divergences, E-BFMI and tree depth.
 
     Elements that do not vary over draws (e.g. the unit diagonal of a
-    correlation matrix) are skipped. Returns a :class:`Diagnostics`.
+    correlation matrix) are skipped. Variables with more than ``max_checked``
+    elements are checked on a seeded random subset of that size (recorded in
+    ``Diagnostics.subsampled``). R-hat and ESS come from
+    :mod:`caltars_bayes.mcmcstats` (ArviZ's definitions, vectorised).
+    Returns a :class:`Diagnostics`.
     """
     if isinstance(posterior, xr.DataTree):
         posterior = posterior.to_dataset()
@@ -142,22 +156,24 @@ def check_convergence(
     post = posterior[names]
     n_chains, n_draws = int(post.sizes["chain"]), int(post.sizes["draw"])
     offenders: list[dict[str, Any]] = []
+    subset: dict[str, tuple[int, int]] = {}
     max_rhat, min_bulk, min_tail = 1.0, np.inf, np.inf
     if not approximate:
-        r = rhat(post, sample_dims=["chain", "draw"])
-        eb = ess(post, sample_dims=["chain", "draw"], method="bulk")
-        et = ess(post, sample_dims=["chain", "draw"], method="tail")
+        r, eb, et, subset = dataset_convergence(post, max_values=max_checked)
         spread = post.max(("chain", "draw")) - post.min(("chain", "draw"))
         for v in names:
             varies = np.asarray(spread[v].values) > 1e-12
             rv = np.where(varies, np.asarray(r[v].values, dtype=float), np.nan)
             bv = np.where(varies, np.asarray(eb[v].values, dtype=float), np.nan)
             tv = np.where(varies, np.asarray(et[v].values, dtype=float), np.nan)
-            if np.all(np.isnan(rv)):
+            if not np.any(varies):
                 continue
-            max_rhat = max(max_rhat, float(np.nanmax(rv)))
-            min_bulk = min(min_bulk, float(np.nanmin(bv)))
-            min_tail = min(min_tail, float(np.nanmin(tv)))
+            if np.any(np.isfinite(rv)):
+                max_rhat = max(max_rhat, float(np.nanmax(rv)))
+            if np.any(np.isfinite(bv)):
+                min_bulk = min(min_bulk, float(np.nanmin(bv)))
+            if np.any(np.isfinite(tv)):
+                min_tail = min(min_tail, float(np.nanmin(tv)))
             bad = (rv > RHAT_MAX) | (bv < ESS_MIN) | (tv < ESS_MIN)
             if np.any(bad):
                 da = r[v]
@@ -188,6 +204,12 @@ def check_convergence(
 
     problems: list[str] = []
     if not approximate:
+        # R-hat needs two chains and ESS four draws: a fit that cannot be checked
+        # is not reported as converged
+        if n_chains < 2:
+            problems.append("1 chain: R-hat (agreement between chains) cannot be checked")
+        if n_draws < 4:
+            problems.append(f"{n_draws} draws: ESS cannot be estimated (at least 4 needed)")
         if max_rhat > RHAT_MAX:
             problems.append(f"max R-hat {max_rhat:.3f} > {RHAT_MAX}")
         if min_bulk < ESS_MIN:
@@ -216,6 +238,7 @@ def check_convergence(
         n_chains=n_chains,
         n_draws=n_draws,
         approximate=approximate,
+        subsampled={k: list(v) for k, v in subset.items()},
         offenders=offenders,
         problems=problems,
     )

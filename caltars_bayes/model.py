@@ -69,8 +69,8 @@ from caltars_bayes.spec import AUTO, Instrument, ModelOptions, Prior, Priors
 if TYPE_CHECKING:
     from caltars_bayes.data import RatingData
 
-#: Stand-in for +-infinity at the ends of the cutpoint table. Large enough that
-#: softplus and log1mexp reach their limits exactly in float64.
+#: Stand-in for +-infinity at the ends of cutpoint tables (predictive and
+#: scoring code). Large enough that logistic functions reach 0 and 1 exactly.
 _BIG = 1e10
 
 #: Ratings per judge (per scale) from which judge parameters are centred.
@@ -289,27 +289,36 @@ def cumulative_logit_logp(
     ``y`` are 0-based categories, ``mu`` the linear predictor per rating,
     ``cutpoints`` a table (rows x C-1) of ordered cutpoints and ``row`` the table
     row each rating uses. ``P(y <= c) = logistic(cutpoints[row, c] - mu)``.
+
+    Written for speed (it is most of the cost of every gradient): with
+    ``E = exp(-mu)`` and ``T = exp(tau)``, the probability of the category
+    between cutpoints ``tau_lo < tau_hi`` is
+    ``E (T_hi - T_lo) / ((1 + T_hi E)(1 + T_lo E))``, so
+    ``log p = L - mu - log1p(h + l + h l)`` with ``h = T_hi E``, ``l = T_lo E``
+    and ``L = log(T_hi - T_lo)`` computed per cutpoint pair (a small table).
+    One exp and one log1p per rating instead of two logistic functions and a
+    log, with no cancellation between probabilities. The bottom category has
+    ``T_lo = 0``; the top one ``log p = -log1p(l)`` (``L = 0`` and no ``-mu``).
+    Absolute error is about one ulp of ``|tau - mu|`` (1e-14 at 90 logits).
     """
     cut = pt.as_tensor_variable(cutpoints)
     while cut.ndim > 2:  # batch dims added by the gufunc signature of CustomDist
         cut = cut[0]
     n_rows, n_cut = cut.shape[0], cut.shape[1]
-    big = pt.full((n_rows, 1), _BIG, dtype=cut.dtype)
-    padded = pt.concatenate([-big, cut, big], axis=1).ravel()  # rows x (C + 1)
-    flat = pt.cast(row, "int64") * (n_cut + 2) + pt.cast(y, "int64")
-    tau_lo = padded[flat]
-    tau_hi = padded[flat + 1]
-    # P(y = c) = logistic(tau_hi - mu) - logistic(tau_lo - mu). Evaluate it on the
-    # side where the two logistic values are small (mirror with logistic(x) =
-    # 1 - logistic(-x) when the category lies below mu), so the difference never
-    # cancels: two exp and one log per rating, about 4x cheaper than the
-    # softplus/log1mexp form.
-    a = tau_hi - mu
-    b = tau_lo - mu
-    mirror = (a + b) > 0
-    hi = pt.switch(mirror, -b, a)
-    lo = pt.switch(mirror, -a, b)
-    return pt.log(pt.sigmoid(hi) - pt.sigmoid(lo))
+    zero = pt.zeros((n_rows, 1), dtype=cut.dtype)
+    t_cut = pt.exp(cut)
+    t_hi = pt.concatenate([t_cut, zero], axis=1).ravel()  # rows x C
+    t_lo = pt.concatenate([zero, t_cut], axis=1).ravel()
+    # log(T_hi - T_lo) = tau_hi + log(1 - exp(tau_lo - tau_hi))
+    gap = cut[:, 1:] + pt.log1mexp(cut[:, :-1] - cut[:, 1:])
+    log_gap = pt.concatenate([cut[:, :1], gap, zero], axis=1).ravel()
+    yy = pt.cast(y, "int64")
+    k = pt.cast(row, "int64") * (n_cut + 1) + yy
+    below_top = pt.cast(pt.lt(yy, n_cut), mu.dtype if hasattr(mu, "dtype") else "float64")
+    e = pt.exp(-mu)
+    h = t_hi[k] * e
+    lo = t_lo[k] * e
+    return log_gap[k] - below_top * mu - pt.log1p(h + lo + h * lo)
 
 
 def _cumulative_logit_random(mu, cutpoints, row, rng=None, size=None):

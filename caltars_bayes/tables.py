@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import xarray as xr
-from arviz_stats import ess, hdi, rhat
+from arviz_stats import hdi
 
 from caltars_bayes.diagnostics import reported_variables
+from caltars_bayes.mcmcstats import dataset_convergence
 
 if TYPE_CHECKING:
     from caltars_bayes.fit import Fit
@@ -75,9 +76,7 @@ def posterior_summary(fit: Fit, var_names: list[str] | None = None) -> pd.DataFr
     diag = not fit.diagnostics.approximate
     sub = post[names]
     if diag:
-        r = rhat(sub, sample_dims=list(SAMPLE_DIMS))
-        eb = ess(sub, sample_dims=list(SAMPLE_DIMS), method="bulk")
-        et = ess(sub, sample_dims=list(SAMPLE_DIMS), method="tail")
+        r, eb, et, _ = dataset_convergence(sub)
     for n in names:
         da = post[n]
         if n == "factor_corr":  # upper triangle only: unit diagonal and symmetry add nothing

@@ -102,6 +102,8 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
     assert r["wall_s"] > 0 and r["sampling_s"] > 0 and r["divergences"] >= 0
     assert r["settings"]["chain_method"] == "vectorized"
     assert r["min_ess_bulk"] > 0 and r["ess_per_s"] > 0
+    g = r["gradient"]  # one gradient timed before fitting
+    assert g["ms"] > 0 and g["ms_4"] > 0 and g["compile_s"] > 0
     md = out.with_suffix(".md").read_text()
     assert r["date"] in md and "NOT CONVERGED" in md  # 10 draws never converge
 

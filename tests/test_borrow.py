@@ -7,14 +7,24 @@ instrument and population differ.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from caltars_bayes.borrow import QUANTITIES, derive_priors, prior_conflict, transform
+from caltars_bayes.borrow import (
+    QUANTITIES,
+    derive_priors,
+    prior_conflict,
+    read_prior_from,
+    transform,
+)
 from caltars_bayes.errors import DataError
 from caltars_bayes.fit import fit_model
 from caltars_bayes.model import AllianceModel
@@ -98,10 +108,17 @@ def test_conflict_flags_only_real_shifts(tiny_fit, tiny_trial):
     assert "PRIOR-DATA CONFLICT" in c.attrs["summary"] and not c["converged"].any()
 
 
-def test_refuses_another_instrument(tiny_fit, caltars):
+def test_refuses_another_instrument(tiny_fit, tiny_trial, caltars):
     other = simulate_trial(caltars, n_subjects=3, n_sessions=1, n_judges=1, seed=1)
     with pytest.raises(DataError, match="other items"):
         derive_priors(tiny_fit, other.to_rating_data())
+    # the same items, one of them reverse-keyed: its loadings and cutpoints would be mirrored
+    from caltars_bayes.data import RatingData
+
+    flipped = replace(tiny_fit.instrument, reverse_keyed=frozenset({"CALPAS01"}))
+    data = RatingData.from_frame(tiny_trial.ratings, flipped, layout="long")
+    with pytest.raises(DataError, match="reverse-keyed"):
+        derive_priors(tiny_fit, data)
 
 
 # --------------------------------------------------------------------------- proof (slow)
@@ -156,26 +173,44 @@ def test_borrowing_narrows_without_bias_and_flags_conflict(calpas, calibration_f
     assert c.loc[c["quantity"] == "log_sd_alliance", "z"].lt(0).all()  # smaller SD than borrowed
 
 
-def test_cli_fit_prior_from(tiny_fit, tiny_trial, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def borrowed_fitdir(tiny_fit, tiny_trial, tmp_path_factory) -> dict:
+    """``fit NEW --prior-from EARLIER --prior-weight 0.5``: 4 subjects, 2 chains x 20 draws.
+
+    The one MCMC fit shared by the CLI and report tests below; returns the
+    paths (earlier, ratings, out) and what the command printed.
+    """
     from caltars_bayes.cli import main
     from caltars_bayes.spec import models_dir
 
-    earlier = tmp_path / "earlier"
+    tmp = tmp_path_factory.mktemp("borrow")
+    earlier = tmp / "earlier"
     tiny_fit.save(earlier)
-    ratings = tmp_path / "new.csv"
+    ratings = tmp / "new.csv"
     tiny_trial.ratings[tiny_trial.ratings["subject"].isin(["P01", "P02", "P03", "P04"])].to_csv(
         ratings, index=False
     )
-    out = tmp_path / "new_fit"
+    out = tmp / "new_fit"
     args = ["fit", str(ratings), "--instrument", str(models_dir() / "calpas.toml"), "--out",
             str(out), "--prior-from", str(earlier), "--prior-weight", "0.5", "--draws", "20",
-            "--tune", "20", "--chains", "1", "--quiet"]  # fmt: skip
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+            "--tune", "20", "--chains", "2", "--quiet"]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return {"earlier": earlier, "ratings": ratings, "out": out, "printed": printed.getvalue()}
+
+
+def test_cli_fit_prior_from(borrowed_fitdir, tmp_path, capsys):
+    from caltars_bayes.cli import main
+    from caltars_bayes.spec import models_dir
+
+    earlier, ratings, out = (borrowed_fitdir[k] for k in ("earlier", "ratings", "out"))
+    printed = borrowed_fitdir["printed"]
     assert "borrowing" in printed and "weight 0.5" in printed
     assert "conflict" in printed.lower()
     doc = json.loads((out / "prior_from.json").read_text())
     assert doc["weight"] == 0.5 and doc["source"]["n_subjects"] == 12
+    assert doc["source"]["path"] == str(earlier) and doc["family"] == "Normal"
     table = pd.DataFrame(doc["priors"])
     np.testing.assert_allclose(table["prior_sd"], table["sd"] * np.sqrt(2))
     conflict = pd.read_csv(out / "prior_conflict.csv")
@@ -184,3 +219,174 @@ def test_cli_fit_prior_from(tiny_fit, tiny_trial, tmp_path, capsys):
     bad = ["fit", str(ratings), "--instrument", str(models_dir() / "calpas.toml"), "--out",
            str(tmp_path / "x"), "--prior-from", str(earlier), "--prior-weight", "2"]  # fmt: skip
     assert main(bad) == 2 and "prior-weight" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_report_shows_the_borrowed_priors_read_back_from_the_fit_directory(borrowed_fitdir):
+    """The section's numbers are those of prior_from.json / prior_conflict.csv, and right."""
+    from caltars_bayes.fit import load_fit
+    from caltars_bayes.report import (
+        BORROWED_COLUMNS,
+        CONFLICT_FLAG,
+        PRIOR_CONFLICT_COLUMNS,
+        build_report,
+    )
+
+    earlier, out = borrowed_fitdir["earlier"], borrowed_fitdir["out"]
+    doc, conflict = read_prior_from(out)
+    fit = load_fit(out)
+    rep = build_report(fit, prior_from=doc, prior_conflict=conflict, dstudy=False, ppc=False)
+    try:
+        keys = [s.key for s in rep.sections]
+        assert keys.index("borrowed") == keys.index("convergence") + 1
+        sec = rep.section("borrowed")
+        assert sec.title == "Priors borrowed from an earlier trial" and not sec.omitted
+        # the source fit as recorded: its path, hashes and design
+        src = dict(rep.tables["prior_source"].itertuples(index=False))
+        earlier_fit = load_fit(earlier)
+        assert src["path"] == str(earlier) and src["weight"] == "0.5"
+        assert src["data_hash"] == earlier_fit.meta["data_hash"] and src["n_subjects"] == "12"
+        # the priors: read back from prior_from.json, and equal to a fresh derivation
+        pri = rep.tables["borrowed_priors"]
+        assert list(pri.columns) == [*BORROWED_COLUMNS, "converged"]
+        recorded = pd.DataFrame(doc["priors"])
+        fresh = derive_priors(earlier_fit, fit.data, weight=0.5).table
+        assert len(pri) == len(recorded) == len(fresh)
+        assert list(pri["quantity"]) == list(fresh["quantity"])
+        assert list(pri["element"]) == list(fresh["element"])
+        np.testing.assert_allclose(pri["location"], recorded["mean"])
+        np.testing.assert_allclose(pri["location"], fresh["mean"])
+        np.testing.assert_allclose(pri["source_sd"], fresh["sd"])
+        np.testing.assert_allclose(pri["scale"], fresh["sd"] * np.sqrt(2))  # SD / sqrt(0.5)
+        assert set(pri["family"]) == {"Normal"} and set(pri["weight"]) == {0.5}
+        assert not pri["converged"].any()  # the earlier (tiny) fit did not converge
+        assert "did NOT converge" in sec.tables[1].note
+        # the conflict table: prior_conflict.csv, z as defined, flags marked
+        con = rep.tables["prior_conflict"]
+        assert list(con.columns) == [*PRIOR_CONFLICT_COLUMNS, "converged"]
+        merged = con.merge(conflict, on=["quantity", "element"], suffixes=("", "_csv"))
+        assert len(merged) == len(con) == len(conflict)
+        for c in ("prior_mean", "prior_sd", "post_mean", "post_sd", "z"):
+            np.testing.assert_allclose(merged[c], merged[f"{c}_csv"])
+        pv, qv = merged["prior_sd"] ** 2, merged["post_sd"] ** 2
+        z = (merged["post_mean"] - merged["prior_mean"]) / np.sqrt(np.maximum(pv - qv, pv / 10))
+        np.testing.assert_allclose(merged["z"], z)
+        assert ((merged["flag"] == CONFLICT_FLAG) == merged["conflict"]).all()
+        assert not fit.converged and not con["converged"].any()  # this fit's verdict
+        thr = float(conflict["threshold"].iloc[0])
+        rule = " ".join(sec.text)
+        assert f"|z| exceeds {thr:.2f}" in rule and f"{len(conflict)} borrowed elements" in rule
+        assert "Bonferroni" in rule and "tenth of the prior variance" in rule
+        # the summary and the methods paragraph say what was borrowed
+        assert rep.summary[1].startswith(f"Priors borrowed from {earlier} (weight 0.5): ")
+        assert "borrowed from an earlier fit of the CALPAS-O (12 subjects, " in rep.methods
+        assert "power-prior weight 0.5" in rep.methods and "log item loading" in rep.methods
+        assert f"Bonferroni over {len(conflict)} elements" in rep.methods
+    finally:
+        rep.close()
+
+
+def test_cli_report_renders_the_borrowed_section(borrowed_fitdir, tmp_path, capsys):
+    from caltars_bayes.cli import main
+    from caltars_bayes.report import BORROWED_COLUMNS, apa_number
+
+    out = borrowed_fitdir["out"]
+    md = tmp_path / "report.md"
+    args = ["report", str(out), "--out", str(md), "--no-dstudy", "--no-ppc"]
+    assert main(args) == 0
+    assert "Priors borrowed from" in capsys.readouterr().out  # the summary line is printed
+    text = md.read_text()
+    start = text.index("## Priors borrowed from an earlier trial")
+    assert text.index("## Convergence diagnostics") < start < text.index("## Factor structure")
+    section = text[start : text.index("## Factor structure")]
+    doc = json.loads((out / "prior_from.json").read_text())
+    head = "| " + " | ".join(BORROWED_COLUMNS) + " |"
+    body = section.split(head)[1].split("\n\n")[0].strip().split("\n")[1:]  # after | --- |
+    assert len(body) == len(doc["priors"])
+    first = [c.strip() for c in body[0].strip("|").split("|")]
+    rec = doc["priors"][0]
+    assert first[:3] == [rec["quantity"], rec["element"], rec["source"]]
+    assert first[4] == apa_number(rec["mean"], leading_zero=True, digits=3)
+    assert first[5] == apa_number(rec["prior_sd"], leading_zero=True, digits=3)
+    assert "(fit NOT converged)" in section  # the conflict table carries the verdict
+
+
+def test_report_marks_conflicting_elements(borrowed_fitdir, tmp_path, capsys):
+    """A borrowed log SD of alliance moved by 10 prior SDs is flagged, listed first, in HTML."""
+    from caltars_bayes.cli import main
+    from caltars_bayes.fit import load_fit
+    from caltars_bayes.io import json_writer
+    from caltars_bayes.report import CONFLICT_FLAG, PRIOR_CONFLICT_COLUMNS
+
+    fitdir = tmp_path / "fit"
+    shutil.copytree(borrowed_fitdir["out"], fitdir)
+    fit = load_fit(fitdir)
+    b = derive_priors(load_fit(borrowed_fitdir["earlier"]), fit.data, weight=0.5)
+    m, s = b.informative["log_sd_alliance"]
+    table = b.table.copy()
+    rows = table["quantity"] == "log_sd_alliance"
+    table.loc[rows, "mean"] += 10 * table.loc[rows, "prior_sd"]
+    moved = replace(
+        b, informative={**b.informative, "log_sd_alliance": (m + 10 * s, s)}, table=table
+    )
+    conflict = prior_conflict(fit, moved)
+    json_writer({**moved.to_dict(), "conflict_summary": conflict.attrs["summary"]})(
+        fitdir / "prior_from.json"
+    )
+    conflict.to_csv(fitdir / "prior_conflict.csv", index=False)
+    assert main(["report", str(fitdir), "--no-dstudy", "--no-ppc"]) == 0
+    assert "PRIOR-DATA CONFLICT" in capsys.readouterr().out
+    html = (fitdir / "report.html").read_text()
+    m_ = re.search(r"<table class='rt' id='tab-prior_conflict'>(.*?)</table>", html, re.S)
+    assert m_ and "(fit NOT converged)" in m_.group(1)
+    rows_html = [
+        re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", m_.group(1))
+    ]
+    rows_html = [r for r in rows_html if r]
+    flag = PRIOR_CONFLICT_COLUMNS.index("flag")
+    flagged = {(r[0], r[1]) for r in rows_html if r[flag] == CONFLICT_FLAG}
+    expected = {
+        (q, e) for q, e in conflict.loc[conflict["conflict"], ["quantity", "element"]].values
+    }
+    scales = set(fit.data.scales)
+    assert {("log_sd_alliance", k) for k in scales} <= flagged == expected
+    n = len(flagged)
+    assert all(r[flag] == CONFLICT_FLAG for r in rows_html[:n])  # flagged rows first
+    assert not any(r[flag] for r in rows_html[n:]) and len(rows_html) == len(conflict)
+    zs = [float(r[PRIOR_CONFLICT_COLUMNS.index("z")]) for r in rows_html[:n]]
+    assert zs == sorted(zs, key=abs, reverse=True) and all(z < -9 for z in zs[:4])
+    assert "PRIOR-DATA CONFLICT" in html and f"{n} flagged, listed first" in html
+
+
+def test_borrowed_section_without_its_files_and_with_weight_zero(tiny_fit, tiny_trial, tmp_path):
+    """Recorded in meta but no files: the section says so; weight 0: nothing borrowed."""
+    from caltars_bayes.errors import FitIOError
+    from caltars_bayes.report import _borrowed_section, methods_paragraph
+
+    assert _borrowed_section(tiny_fit, None, None) is None
+    assert "borrowed" not in methods_paragraph(tiny_fit)
+    meta = {**tiny_fit.meta, "prior_from": {"fit": "old/fit", "weight": 0.25}}
+    fit = replace(tiny_fit, meta=meta)
+    sec = _borrowed_section(fit, None, None)
+    assert "old/fit (power-prior weight 0.25)" in sec.text[0] and "prior_from.json" in sec.text[0]
+    assert not sec.tables
+    assert "borrowed from an earlier fit (old/fit) with power-prior weight 0.25" in (
+        methods_paragraph(fit)
+    )
+    b0 = derive_priors(tiny_fit, tiny_trial.to_rating_data(), weight=0.0)
+    c0 = prior_conflict(tiny_fit, b0)
+    assert c0.empty and c0.attrs["summary"].startswith("nothing borrowed")
+    sec = _borrowed_section(fit, b0.to_dict(), c0)
+    assert "prior_conflict" not in [t.name for t in sec.tables]
+    assert "Nothing was borrowed (weight 0)" in sec.text[-1]
+    # files: absent -> None; corrupted -> a one-line FitIOError naming the file
+    assert read_prior_from(tmp_path) == (None, None)
+    (tmp_path / "prior_from.json").write_text("{not json")
+    with pytest.raises(FitIOError, match=r"prior_from\.json: corrupted"):
+        read_prior_from(tmp_path)
+    (tmp_path / "prior_from.json").unlink()
+    pd.DataFrame({"quantity": ["x"], "z": [1.0]}).to_csv(tmp_path / "prior_conflict.csv")
+    with pytest.raises(FitIOError, match=r"prior_conflict\.csv: not a prior-conflict table"):
+        read_prior_from(tmp_path)

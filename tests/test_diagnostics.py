@@ -72,3 +72,12 @@ def test_round_trip_dict():
     from caltars_bayes.diagnostics import Diagnostics
 
     assert Diagnostics.from_dict(d.to_dict()) == d
+
+
+def test_fits_that_cannot_be_checked_are_not_converged():
+    rng = np.random.default_rng(5)
+    one_chain = check_convergence(_post(rng.normal(size=(1, 1000, 2))), _stats(1, 1000))
+    assert not one_chain.converged and "1 chain" in one_chain.banner()
+    assert one_chain.min_ess_bulk > 400  # ESS is still computed from the one chain
+    few = check_convergence(_post(rng.normal(size=(4, 3, 2))), _stats(4, 3))
+    assert not few.converged and "3 draws" in few.banner()

@@ -133,6 +133,18 @@ def test_report_sections_and_verdict(report, tiny_fit):
             assert not frame["converged"].any(), name
 
 
+def test_no_borrowed_prior_section_without_prior_from(report, rendered, tiny_fit):
+    """A fit made without --prior-from: no borrowed-prior section, table or sentence."""
+    assert "prior_from" not in tiny_fit.meta
+    with pytest.raises(KeyError):
+        report.section("borrowed")
+    assert not {"prior_source", "borrowed_priors", "prior_conflict"} & set(report.tables)
+    assert "borrowed" not in report.methods and not any("borrowed" in s for s in report.summary)
+    for suffix in (".html", ".md", ".tex"):
+        text = rendered.with_suffix(suffix).read_text()
+        assert "Priors borrowed" not in text and "prior-data conflict" not in text.lower()
+
+
 def test_report_tables_hold_the_fit_values(report, tiny_fit, hyps):
     from caltars_bayes.hypotheses import test_hypotheses
     from caltars_bayes.reliability import reliability
