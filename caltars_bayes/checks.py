@@ -37,7 +37,10 @@ def prior_predictive(
     observed rating of the design) and the prior draws of the main parameters.
     """
     # the ratings' prior predictive does not involve covariates; leaving them out
-    # also avoids the flat-prior parameters of missing covariate values
+    # also avoids the flat-prior parameters of missing covariate values. PyMC's
+    # forward sampler ignores the ordered transform of the cutpoints, but the
+    # ratings are unaffected: the rating simulator counts the cumulative
+    # probabilities below a uniform draw, which does not depend on their order.
     no_covariates = replace(data.instrument.model, covariates=False, session_covariates="none")
     am = model or AllianceModel(data, options=no_covariates)
     with am.model:

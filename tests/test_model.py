@@ -261,3 +261,16 @@ def test_bifactor_general_factor_tracks_the_common_alliance(caltars):
     common = trial.truth["theta"].mean("scale").values
     assert np.corrcoef(general, common)[0, 1] > 0.85
     assert float(fit.posterior["general_loading"].median()) > 0.3
+
+
+def test_rating_simulator_does_not_depend_on_cutpoint_order():
+    """PyMC's prior sampler leaves cutpoints unsorted; simulated ratings must not care."""
+    from caltars_bayes.model import _cumulative_logit_random
+
+    rng = np.random.default_rng(4)
+    cut = np.sort(rng.normal(size=(3, 4)), axis=1)
+    row = rng.integers(0, 3, 500)
+    mu = rng.normal(size=500)
+    a = _cumulative_logit_random(mu, cut, row, rng=np.random.default_rng(1))
+    b = _cumulative_logit_random(mu, cut[:, ::-1], row, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)

@@ -1,6 +1,6 @@
 """Parameter recovery on simulated trials with known truth (MCMC; marked slow).
 
-Fits are shortened (4 chains x 300 + 300) to keep CI fast; coverage is checked
+Fits are shortened (2 chains x 300 + 300; one chain per core) to keep CI fast; coverage is checked
 as a band pooled over parameters and seeds, as the issue asks: 90% intervals
 should cover the truth for about 90% of judge, item and factor-correlation
 parameters.
@@ -17,7 +17,7 @@ from caltars_bayes.simulate import simulate_trial
 
 pytestmark = pytest.mark.slow
 
-DRAWS = dict(draws=300, tune=300, chains=4, progressbar=False)
+DRAWS = dict(draws=300, tune=300, chains=2, progressbar=False)
 
 
 def _interval(da: xr.DataArray, prob: float = 0.9) -> tuple[xr.DataArray, xr.DataArray]:
