@@ -9,7 +9,9 @@ them one parameter at a time in Python, about 1 ms per parameter and
 statistic: seconds for the founding design and hours for a 100x trial. The
 test suite checks these against ArviZ to 1e-8 on random chains with ties.
 
-Public functions take ``x`` with shape (chain, draw, n) and return n values.
+:func:`convergence_stats` takes ``x`` with shape (chain, draw, n) and returns
+n values of each statistic; :func:`dataset_convergence` does every variable of
+a posterior Dataset.
 Tail ESS is the smaller of the quantile ESS at 5% and 95% (the published
 definition; ArviZ 1's default ``prob`` would use its 89% interval instead).
 """
@@ -156,21 +158,6 @@ def convergence_stats(
         if c < 2:
             r[sl] = np.nan
     return r, b, t
-
-
-def rhat_rank(x: np.ndarray) -> np.ndarray:
-    """Rank-normalised split R-hat: the larger of the bulk and the folded (tail) R-hat."""
-    return convergence_stats(x)[0]
-
-
-def ess_bulk(x: np.ndarray) -> np.ndarray:
-    """Bulk ESS: ESS of the normal scores of the split chains' pooled ranks."""
-    return convergence_stats(x)[1]
-
-
-def ess_tail(x: np.ndarray, probs: tuple[float, float] = TAIL_PROBS) -> np.ndarray:
-    """Tail ESS: the smaller quantile ESS (indicator x <= q) at the two tail probabilities."""
-    return convergence_stats(x, probs)[2]
 
 
 def ess_basic(x: np.ndarray) -> np.ndarray:
