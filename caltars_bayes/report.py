@@ -290,32 +290,26 @@ class Report:
                     raise CaltarsError(f"{p}: already exists; use --force to overwrite")
         return fig_dir
 
-    def to_html(self, path: str | Path, force: bool = False, figures: bool = True) -> Path:
-        """Write one self-contained HTML file (figures embedded; also saved beside as PNG/SVG)."""
+    def _write(self, path: str | Path, force: bool, figures: bool, render) -> Path:
+        """Render with the figure folder's name, save the figures, write atomically."""
         path = Path(path)
         fig_dir = self._check_targets(path, force, figures=figures)
-        text = self.html()
+        text = render(fig_dir.name)
         if figures:
             self.save_figures(fig_dir, force=force)
         return atomic_write_file(path, lambda p: p.write_text(text, encoding="utf-8"), force=force)
+
+    def to_html(self, path: str | Path, force: bool = False, figures: bool = True) -> Path:
+        """Write one self-contained HTML file (figures embedded; also saved beside as PNG/SVG)."""
+        return self._write(path, force, figures, lambda _: self.html())
 
     def to_markdown(self, path: str | Path, force: bool = False, figures: bool = True) -> Path:
         """Write markdown; figures go to ``<stem>_figures/`` beside it (PNG, SVG), linked."""
-        path = Path(path)
-        fig_dir = self._check_targets(path, force, figures=figures)
-        text = self.markdown(fig_dir.name)
-        if figures:
-            self.save_figures(fig_dir, force=force)
-        return atomic_write_file(path, lambda p: p.write_text(text, encoding="utf-8"), force=force)
+        return self._write(path, force, figures, self.markdown)
 
     def to_latex(self, path: str | Path, force: bool = False, figures: bool = True) -> Path:
         """Write LaTeX (booktabs tables, APA numbers) for ``\\input``; figures beside as PNG/SVG."""
-        path = Path(path)
-        fig_dir = self._check_targets(path, force, figures=figures)
-        text = self.latex(fig_dir.name)
-        if figures:
-            self.save_figures(fig_dir, force=force)
-        return atomic_write_file(path, lambda p: p.write_text(text, encoding="utf-8"), force=force)
+        return self._write(path, force, figures, self.latex)
 
     # ------------------------------------------------------------------ rendering
 
