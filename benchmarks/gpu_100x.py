@@ -96,6 +96,15 @@ def gradient_ms(am, repeats: int = 20) -> dict[str, float]:
     return out
 
 
+def _print_gradient(t_start: float, layout: str, g: dict[str, float], dev: Any) -> None:
+    print(
+        f"[{time.perf_counter() - t_start:.0f} s] one log-density gradient, {layout} layout, "
+        f"on {dev}: {g['ms']:.2f} ms (4 chains vectorised: {g['ms_4']:.2f} ms; "
+        f"compile {g['compile_s']:.1f} s)",
+        flush=True,
+    )
+
+
 def run(
     subjects: int,
     sessions: int,
@@ -110,6 +119,9 @@ def run(
     covariates: bool = True,
     time_gradient: bool = True,
     gradient_only: bool = False,
+    layout: str = "dense",
+    compare_layouts: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Simulate, fit and measure (see the module docstring); returns the result record."""
     t_start = time.perf_counter()
@@ -144,15 +156,28 @@ def run(
     )
     data = trial.to_rating_data()
     simulate_s = time.perf_counter() - t0
-    am = AllianceModel(data)  # built once: timed here, then fitted
-    grad_ms = gradient_ms(am) if time_gradient else None
-    if grad_ms is not None:
-        print(
-            f"[{time.perf_counter() - t_start:.0f} s] one log-density gradient on {dev}: "
-            f"{grad_ms['ms']:.2f} ms (4 chains vectorised: {grad_ms['ms_4']:.2f} ms; "
-            f"compile {grad_ms['compile_s']:.1f} s)",
-            flush=True,
-        )
+    from dataclasses import replace
+
+    def build(lay: str) -> AllianceModel:
+        am = AllianceModel(data, options=replace(inst.model, likelihood_layout=lay))
+        am.model  # noqa: B018 (build now, so the timing below is the gradient's alone)
+        return am
+
+    grad_ms: dict[str, Any] = {}
+    others = [x for x in ("vector", "dense") if x != layout] if compare_layouts else []
+    for lay in others:  # the other layout first: its model is freed before fitting
+        if time_gradient or gradient_only:
+            grad_ms[lay] = gradient_ms(build(lay))
+            _print_gradient(t_start, lay, grad_ms[lay], dev)
+    t0 = time.perf_counter()
+    am = build(layout)  # built once: timed here, then fitted
+    build_s = time.perf_counter() - t0
+    print(f"[{time.perf_counter() - t_start:.0f} s] built the {layout} model in {build_s:.1f} s")
+    if time_gradient or gradient_only:
+        grad_ms[layout] = gradient_ms(am)
+        _print_gradient(t_start, layout, grad_ms[layout], dev)
+    if gradient_only:
+        return {"ratings": data.n_ratings, "device": str(dev), "gradient": grad_ms}
     print(
         f"[{time.perf_counter() - t_start:.0f} s] simulated {data.n_ratings} ratings "
         f"in {simulate_s:.1f} s on {dev}; fitting",
@@ -171,7 +196,7 @@ def run(
         sampler=sampler,
         random_seed=seed,
         nuts=nuts,
-        progressbar=False,
+        progressbar=progress,
     )
     fit_s = time.perf_counter() - t1
     d, t = fit.diagnostics, fit.meta["timings"]
@@ -207,6 +232,7 @@ def run(
             "covariates": covariates,
         },
         "settings": {
+            "likelihood_layout": am.plan.likelihood_layout,
             "max_treedepth": max_treedepth,
             "sampler": sampler,
             "chains": chains,
@@ -257,7 +283,18 @@ def markdown(r: dict[str, Any]) -> str:
             f"judges x {dz['items']} items = {dz['ratings']} ratings, "
             f"{'founding covariates' if dz['covariates'] else 'no covariates'}. "
             f"{st['sampler']}, {st['chains']} chains ({st['chain_method']}) x ({st['tune']} tune "
-            f"+ {st['draws']} draws), seed {st['seed']}.",
+            f"+ {st['draws']} draws), seed {st['seed']}; "
+            f"{st['likelihood_layout']} likelihood layout.",
+            "",
+            "One log-density gradient (1 chain / 4 chains vectorised): "
+            + (
+                "; ".join(
+                    f"{lay} layout {g['ms']:.2f} / {g['ms_4']:.2f} ms"
+                    for lay, g in (r["gradient"] or {}).items()
+                )
+                or "not timed"
+            )
+            + ".",
             "",
             "| wall s | simulate s | fit s | sampling s (incl. JAX compile) | steps/draw "
             "| min bulk ESS | ESS/s | max R-hat | divergences | converged | peak device memory "
@@ -294,6 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gradient-only", action="store_true", help="time one gradient, print it, stop"
     )
+    ap.add_argument(
+        "--likelihood-layout",
+        choices=["dense", "vector"],
+        default="dense",
+        help="model option likelihood_layout; dense avoids scatter-adds (GPUs)",
+    )
+    ap.add_argument(
+        "--compare-layouts", action="store_true", help="also time the other layout's gradient"
+    )
+    ap.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the sampler's progress (a run stopped by a time limit then shows its pace)",
+    )
     ap.add_argument("--out", default=str(HERE / "gpu_results"), help="writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
     r = run(
@@ -310,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         not a.no_covariates,
         not a.no_gradient_timing,
         a.gradient_only,
+        a.likelihood_layout,
+        a.compare_layouts,
+        a.progress,
     )
     if a.gradient_only:
         print(json.dumps(r, indent=1))

@@ -94,7 +94,6 @@ def main() -> None:
     ap.add_argument("--results", default=str(HERE / "sbc_results.md"))
     ap.add_argument("--seed", type=int, default=2018)
     args = ap.parse_args()
-    os.environ.setdefault("CALTARS_BAYES_NUTPIE_BACKEND", "jax")
 
     from caltars_bayes.sbc import run_sbc
     from caltars_bayes.spec import load_instrument, models_dir

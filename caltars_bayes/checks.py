@@ -41,7 +41,12 @@ def prior_predictive(
     # forward sampler ignores the ordered transform of the cutpoints, but the
     # ratings are unaffected: the rating simulator counts the cumulative
     # probabilities below a uniform draw, which does not depend on their order.
-    no_covariates = replace(data.instrument.model, covariates=False, session_covariates="none")
+    no_covariates = replace(
+        data.instrument.model,
+        covariates=False,
+        session_covariates="none",
+        likelihood_layout="vector",
+    )
     am = model or AllianceModel(data, options=no_covariates)
     with am.model:
         dt = pm.sample_prior_predictive(draws=draws, random_seed=random_seed)

@@ -216,7 +216,8 @@ def _borrowed_model(args: argparse.Namespace, data):
     )
     for note in borrowed.notes:
         print(f"note: {note}")
-    return borrowed, AllianceModel(data, informative=borrowed.informative)
+    sampler = getattr(args, "sampler", None)
+    return borrowed, AllianceModel(data, informative=borrowed.informative, sampler=sampler)
 
 
 def _write_borrowed(fit, borrowed, out: Path) -> None:

@@ -259,7 +259,7 @@ def fit_model(
     Fit
     """
     t0 = time.perf_counter()
-    am = model or AllianceModel(data)
+    am = model or AllianceModel(data, sampler=sampler if method.lower() == "nuts" else None)
     pm_model = am.model
     t_build = time.perf_counter() - t0
     nuts = dict(nuts or {})

@@ -107,6 +107,8 @@ class ModelPlan:
     aggregated: list[str] = field(default_factory=list)
     #: a general factor over all items besides orthogonal scale-specific factors
     bifactor: bool = False
+    #: "vector" (a vector of observed ratings) or "dense" (session x judge x item)
+    likelihood_layout: str = "vector"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,8 +124,18 @@ def _resolve(value: bool | str, identifiable: bool, what: str, why: str, notes: 
     return bool(value)
 
 
-def plan_model(data: RatingData, options: ModelOptions | None = None) -> ModelPlan:
-    """Resolve ``"auto"`` options against the design and choose parameterisations."""
+#: Samplers that run the model through JAX (the dense likelihood layout suits them).
+JAX_SAMPLERS = ("numpyro", "blackjax")
+
+
+def plan_model(
+    data: RatingData, options: ModelOptions | None = None, sampler: str | None = None
+) -> ModelPlan:
+    """Resolve ``"auto"`` options against the design and choose parameterisations.
+
+    ``sampler`` (when known) resolves ``likelihood_layout = "auto"``: dense for
+    the JAX samplers on complete designs, else vector.
+    """
     opt = options or data.instrument.model
     notes: list[str] = []
     ses_per_subject = np.bincount(
@@ -175,6 +187,17 @@ def plan_model(data: RatingData, options: ModelOptions | None = None) -> ModelPl
             notes.append("covariates are not modelled with a bifactor structure")
             opt = replace(opt, covariates=False, session_covariates="none")
     cov_table, ses_table, aggregated = covariate_tables(data, opt, notes)
+    layout = opt.likelihood_layout
+    if layout == AUTO:
+        complete = sampler in JAX_SAMPLERS and dense_cells(data) is not None
+        layout = "dense" if complete else "vector"
+    elif layout == "dense" and dense_cells(data) is None:
+        n_cells = data.n_sessions * data.n_judges * data.n_items
+        notes.append(
+            f"dense likelihood layout requested but the design is incomplete ({data.n_ratings} "
+            f"ratings for {n_cells} session x judge x item cells): vector layout used"
+        )
+        layout = "vector"
     return ModelPlan(
         session_level=session_level,
         session_trend=trend,
@@ -192,7 +215,27 @@ def plan_model(data: RatingData, options: ModelOptions | None = None) -> ModelPl
         session_covariate_scaling=_scaling(ses_table),
         aggregated=aggregated,
         bifactor=bifactor,
+        likelihood_layout=layout,
     )
+
+
+def dense_cells(data: RatingData) -> np.ndarray | None:
+    """Ratings as a session x judge x item array, or None when any cell is missing.
+
+    The dense likelihood layout needs every judge to rate every item of every
+    session once.
+    """
+    n_cells = data.n_sessions * data.n_judges * data.n_items
+    if data.n_ratings != n_cells:
+        return None
+    code = (
+        np.asarray(data.session_idx, np.int64) * data.n_judges + np.asarray(data.judge_idx)
+    ) * data.n_items + np.asarray(data.item_idx)
+    y = np.full(n_cells, -1, dtype=np.int64)
+    y[code] = np.asarray(data.y, np.int64)
+    if (y < 0).any():  # some cell rated twice, another not at all
+        return None
+    return y.reshape(data.n_sessions, data.n_judges, data.n_items)
 
 
 #: Fewest observed values a covariate needs to be modelled.
@@ -301,24 +344,60 @@ def cumulative_logit_logp(
     ``T_lo = 0``; the top one ``log p = -log1p(l)`` (``L = 0`` and no ``-mu``).
     Absolute error is about one ulp of ``|tau - mu|`` (1e-14 at 90 logits).
     """
-    cut = pt.as_tensor_variable(cutpoints)
-    while cut.ndim > 2:  # batch dims added by the gufunc signature of CustomDist
-        cut = cut[0]
-    n_rows, n_cut = cut.shape[0], cut.shape[1]
-    zero = pt.zeros((n_rows, 1), dtype=cut.dtype)
-    t_cut = pt.exp(cut)
-    t_hi = pt.concatenate([t_cut, zero], axis=1).ravel()  # rows x C
-    t_lo = pt.concatenate([zero, t_cut], axis=1).ravel()
-    # log(T_hi - T_lo) = tau_hi + log(1 - exp(tau_lo - tau_hi))
-    gap = cut[:, 1:] + pt.log1mexp(cut[:, :-1] - cut[:, 1:])
-    log_gap = pt.concatenate([cut[:, :1], gap, zero], axis=1).ravel()
+    cut, t_hi, t_lo, log_gap = _cutpoint_tables(cutpoints)
+    n_cut = cut.shape[1]
     yy = pt.cast(y, "int64")
     k = pt.cast(row, "int64") * (n_cut + 1) + yy
     below_top = pt.cast(pt.lt(yy, n_cut), mu.dtype if hasattr(mu, "dtype") else "float64")
     e = pt.exp(-mu)
-    h = t_hi[k] * e
-    lo = t_lo[k] * e
-    return log_gap[k] - below_top * mu - pt.log1p(h + lo + h * lo)
+    h = t_hi.ravel()[k] * e
+    lo = t_lo.ravel()[k] * e
+    return log_gap.ravel()[k] - below_top * mu - pt.log1p(h + lo + h * lo)
+
+
+def _cutpoint_tables(cutpoints: pt.TensorLike) -> tuple[pt.TensorVariable, ...]:
+    """The cutpoint table (rows x C-1) and, per row and category (rows x C),
+    ``T_hi``, ``T_lo`` and ``L = log(T_hi - T_lo)`` (see cumulative_logit_logp)."""
+    cut = pt.as_tensor_variable(cutpoints)
+    while cut.ndim > 2:  # batch dims added by the gufunc signature of CustomDist
+        cut = cut[0]
+    zero = pt.zeros((cut.shape[0], 1), dtype=cut.dtype)
+    t_cut = pt.exp(cut)
+    t_hi = pt.concatenate([t_cut, zero], axis=1)
+    t_lo = pt.concatenate([zero, t_cut], axis=1)
+    # log(T_hi - T_lo) = tau_hi + log(1 - exp(tau_lo - tau_hi))
+    gap = cut[:, 1:] + pt.log1mexp(cut[:, :-1] - cut[:, 1:])
+    log_gap = pt.concatenate([cut[:, :1], gap, zero], axis=1)
+    return cut, t_hi, t_lo, log_gap
+
+
+def cumulative_logit_logp_dense(
+    y: pt.TensorLike, mu: pt.TensorLike, cutpoints: pt.TensorLike
+) -> pt.TensorVariable:
+    """``cumulative_logit_logp`` for ratings in a (..., item) array with one
+    cutpoint row per item (the dense likelihood layout).
+
+    The same formula, but each rating's entries of the per-category tables are
+    picked by comparing its category with every category (a one-hot sum over
+    the last axis) instead of by an index gather. The gradient is then sums over
+    sessions and judges (reductions) rather than a scatter-add of every rating
+    into a small table, which on a GPU serialises on atomic collisions.
+    """
+    cut, t_hi, t_lo, log_gap = _cutpoint_tables(cutpoints)
+    n_cut = cut.shape[1]
+    yy = pt.cast(y, "int64")
+    # categories 0..C-1 without pt.arange, which JAX needs with constant bounds
+    categories = pt.cumsum(pt.ones_like(t_hi[0], dtype="int64")) - 1
+    one_hot = pt.eq(yy[..., None], categories)  # (..., item, C)
+
+    def pick(table: pt.TensorVariable) -> pt.TensorVariable:
+        return pt.sum(pt.switch(one_hot, table, 0.0), axis=-1)
+
+    below_top = pt.cast(pt.lt(yy, n_cut), mu.dtype if hasattr(mu, "dtype") else "float64")
+    e = pt.exp(-mu)
+    h = pick(t_hi) * e
+    lo = pick(t_lo) * e
+    return pick(log_gap) - below_top * mu - pt.log1p(h + lo + h * lo)
 
 
 def _cumulative_logit_random(mu, cutpoints, row, rng=None, size=None):
@@ -334,6 +413,14 @@ def _cumulative_logit_random(mu, cutpoints, row, rng=None, size=None):
     cum = 1.0 / (1.0 + np.exp(-(tau - mu[..., None])))
     u = rng.uniform(size=mu.shape)
     return (u[..., None] > cum).sum(-1)
+
+
+def _cumulative_logit_random_dense(mu, cutpoints, rng=None, size=None):
+    """Draw ratings in the dense likelihood layout (cutpoints: one row per item)."""
+    cut = np.asarray(cutpoints)
+    while cut.ndim > 2:
+        cut = cut[0]
+    return _cumulative_logit_random(mu, cut, np.arange(cut.shape[0]), rng=rng, size=size)
 
 
 def lkj_cholesky(name: str, n: int, eta: float) -> pt.TensorVariable:
@@ -385,7 +472,9 @@ def covariate_block(
     model.add_coord(cdim, names)
     model.add_coord(f"{cdim}2", names)
     miss_r, miss_c = np.nonzero(~np.isfinite(x))
-    xt = pt.as_tensor_variable(np.where(np.isfinite(x), x, 0.0))
+    # pm.Data, not a constant: replications of one design then share a compiled
+    # model (sampling.compile_nutpie); where values are missing stays structural
+    xt = pm.Data(f"{cdim}_values", np.where(np.isfinite(x), x, 0.0))
     if len(miss_r):
         model.add_coord(
             f"{cdim}_missing",
@@ -427,6 +516,8 @@ class AllianceModel:
     informative : informative priors borrowed from an earlier trial: quantity
         name -> (mean, sd) arrays on its unconstrained scale, added to the
         default priors (see :mod:`caltars_bayes.borrow`).
+    sampler : the sampler that will fit it, if known: resolves
+        ``likelihood_layout = "auto"`` (dense for numpyro/blackjax).
 
     Examples
     --------
@@ -440,12 +531,13 @@ class AllianceModel:
         options: ModelOptions | None = None,
         priors: Priors | None = None,
         informative: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        sampler: str | None = None,
     ) -> None:
         self.data = data
         self.instrument: Instrument = data.instrument
         self.options = options or self.instrument.model
         self.priors = priors or self.instrument.priors
-        self.plan = plan_model(data, self.options)
+        self.plan = plan_model(data, self.options, sampler)
         self.informative = dict(informative or {})
         self._model: pm.Model | None = None
 
@@ -516,7 +608,6 @@ class AllianceModel:
             # Data enter as pm.Data, not constants: the compiled function is then the
             # same for any trial of the same shape (numba's on-disk cache is reused)
             # and new data can be swapped in with pm.set_data.
-            jj, ii, kk, ss = d.judge_idx, d.item_idx, d.scale_idx, d.session_idx
             session_subject = pm.Data(
                 "session_subject_idx", np.asarray(d.session_subject_idx, np.int64), dims="session"
             )
@@ -578,10 +669,8 @@ class AllianceModel:
                 initval=init,
             )
 
-            # --- linear predictor per rating
-            item_idx = pm.Data("item_idx", np.asarray(ii, np.int64), dims="obs")
-            eta_idx = pm.Data("eta_idx", np.asarray(ss * n_k + kk, np.int64), dims="obs")
-            mu = loading[item_idx] * eta.ravel()[eta_idx]
+            # --- judges and the general factor
+            general = g_load = disc = sev = g = None
             if plan.bifactor:
                 # general factor: SD 1 on the logit scale of the average judge (its
                 # scale is fixed, so item general loadings are free and positive)
@@ -589,10 +678,6 @@ class AllianceModel:
                 general = pm.Deterministic("general", g_z - g_z.mean(), dims="subject")
                 log_gl = prior_rv("log_general_loading", pr.log_general_loading, dims="item")
                 g_load = pm.Deterministic("general_loading", pt.exp(log_gl), dims="item")
-                subject_idx = pm.Data(
-                    "subject_idx", np.asarray(d.subject_idx, np.int64), dims="obs"
-                )
-                mu = mu + g_load[item_idx] * general[subject_idx]
             if plan.judge_discrimination:
                 sd_ld = prior_rv("sd_log_discrimination", pr.sd_log_discrimination)
                 if plan.centred_judges:
@@ -601,8 +686,6 @@ class AllianceModel:
                     ld_z = pm.ZeroSumNormal("log_discrimination_z", sigma=1.0, dims="judge")
                     log_disc = pm.Deterministic("log_discrimination", ld_z * sd_ld, dims="judge")
                 disc = pm.Deterministic("discrimination", pt.exp(log_disc), dims="judge")
-                judge_idx = pm.Data("judge_idx", np.asarray(jj, np.int64), dims="obs")
-                mu = disc[judge_idx] * mu
             if plan.judge_severity:
                 sd_sev = prior_rv("sd_severity", pr.sd_severity)
                 if plan.centred_judges:
@@ -610,13 +693,9 @@ class AllianceModel:
                 else:
                     sev_z = pm.ZeroSumNormal("severity_z", sigma=1.0, dims=("scale", "judge"))
                     sev = pm.Deterministic("severity", sev_z * sd_sev, dims=("scale", "judge"))
-                sev_idx = pm.Data(
-                    "severity_idx", np.asarray(kk * d.n_judges + jj, np.int64), dims="obs"
-                )
-                mu = mu - sev.ravel()[sev_idx]
             if plan.judge_subject_interaction:
                 pair_codes = d.judge_idx.astype(np.int64) * d.n_subjects + d.subject_idx
-                pairs, pair_idx = np.unique(pair_codes, return_inverse=True)
+                pairs = np.unique(pair_codes)
                 m.add_coord(
                     "judge_subject",
                     [
@@ -627,26 +706,93 @@ class AllianceModel:
                 sd_int = prior_rv("sd_interaction", pr.sd_interaction)
                 g_z = pm.Normal("interaction_z", 0.0, 1.0, dims=("judge_subject", "scale"))
                 g = pm.Deterministic("interaction", g_z * sd_int, dims=("judge_subject", "scale"))
-                mu = mu + g.ravel()[pair_idx * n_k + kk]
-
-            if cut_rows == "item":
-                row = item_idx
+            parts = dict(
+                eta=eta, loading=loading, general=general, general_loading=g_load,
+                discrimination=disc, severity=sev, interaction=g, cutpoints=cutpoints,
+            )  # fmt: skip
+            if plan.likelihood_layout == "dense":
+                self._dense_likelihood(parts, session_subject)
             else:
-                row = pm.Data("scale_idx", np.asarray(kk, np.int64), dims="obs")
-            y = pm.Data("y", np.asarray(d.y, np.int64), dims="obs")
-            pm.CustomDist(
-                "rating",
-                mu,
-                cutpoints,
-                row,
-                logp=lambda value, mu_, cut_, row_: cumulative_logit_logp(value, mu_, cut_, row_),
-                random=_cumulative_logit_random,
-                signature="(),(r,c),()->()",
-                observed=y,
-                dims="obs",
-            )
+                self._vector_likelihood(parts)
             if self.informative:
                 from caltars_bayes.borrow import add_borrowed_priors
 
                 add_borrowed_priors(m, self.informative, d)
         return m
+
+    def _vector_likelihood(self, p: dict[str, Any]) -> None:
+        """Observed ratings as one vector (dim ``obs``), parameters gathered per rating."""
+        d, plan = self.data, self.plan
+        n_k = d.n_scales
+        jj, kk = d.judge_idx, d.scale_idx
+        item_idx = pm.Data("item_idx", np.asarray(d.item_idx, np.int64), dims="obs")
+        eta_idx = pm.Data("eta_idx", np.asarray(d.session_idx * n_k + kk, np.int64), dims="obs")
+        mu = p["loading"][item_idx] * p["eta"].ravel()[eta_idx]
+        if p["general"] is not None:
+            subject_idx = pm.Data("subject_idx", np.asarray(d.subject_idx, np.int64), dims="obs")
+            mu = mu + p["general_loading"][item_idx] * p["general"][subject_idx]
+        if p["discrimination"] is not None:
+            judge_idx = pm.Data("judge_idx", np.asarray(jj, np.int64), dims="obs")
+            mu = p["discrimination"][judge_idx] * mu
+        if p["severity"] is not None:
+            sev_idx = pm.Data(
+                "severity_idx", np.asarray(kk * d.n_judges + jj, np.int64), dims="obs"
+            )
+            mu = mu - p["severity"].ravel()[sev_idx]
+        if p["interaction"] is not None:
+            pair_codes = d.judge_idx.astype(np.int64) * d.n_subjects + d.subject_idx
+            _, pair_idx = np.unique(pair_codes, return_inverse=True)
+            mu = mu + p["interaction"].ravel()[pair_idx * n_k + kk]
+        if plan.cutpoints == "item":
+            row = item_idx
+        else:
+            row = pm.Data("scale_idx", np.asarray(kk, np.int64), dims="obs")
+        y = pm.Data("y", np.asarray(d.y, np.int64), dims="obs")
+        pm.CustomDist(
+            "rating",
+            mu,
+            p["cutpoints"],
+            row,
+            logp=lambda value, mu_, cut_, row_: cumulative_logit_logp(value, mu_, cut_, row_),
+            random=_cumulative_logit_random,
+            signature="(),(r,c),()->()",
+            observed=y,
+            dims="obs",
+        )
+
+    def _dense_likelihood(self, p: dict[str, Any], session_subject: pt.TensorVariable) -> None:
+        """Observed ratings as a session x judge x item array (complete designs).
+
+        Item-level terms reach the scales through a scale x item 0/1 matrix and
+        judge terms by broadcasting, so no parameter is gathered per rating.
+        """
+        d = self.data
+        isc = np.asarray(d.item_scale_idx, dtype=np.int64)
+        to_item = np.eye(d.n_scales)[isc].T  # scale x item
+        mu = (p["loading"] * pt.dot(p["eta"], to_item))[:, None, :]  # session x 1 x item
+        if p["general"] is not None:
+            mu = mu + p["general_loading"] * p["general"][session_subject][:, None, None]
+        if p["discrimination"] is not None:
+            mu = p["discrimination"][None, :, None] * mu
+        if p["severity"] is not None:
+            mu = mu - pt.dot(p["severity"].T, to_item)[None]  # judge x item
+        if p["interaction"] is not None:
+            pair_codes = (
+                np.arange(d.n_judges)[None, :] * d.n_subjects
+                + np.asarray(d.session_subject_idx)[:, None]
+            )
+            pair_idx = np.searchsorted(np.unique(pair_codes), pair_codes)  # session x judge
+            mu = mu + pt.dot(p["interaction"][pair_idx], to_item)
+        mu = pt.broadcast_to(mu, (d.n_sessions, d.n_judges, d.n_items))
+        cut = p["cutpoints"] if self.plan.cutpoints == "item" else p["cutpoints"][isc]
+        y = pm.Data("y_dense", dense_cells(d), dims=("session", "judge", "item"))
+        pm.CustomDist(
+            "rating",
+            mu,
+            cut,
+            logp=lambda value, mu_, cut_: cumulative_logit_logp_dense(value, mu_, cut_),
+            random=_cumulative_logit_random_dense,
+            signature="(),(c)->()",
+            observed=y,
+            dims=("session", "judge", "item"),
+        )

@@ -54,9 +54,9 @@ import numpy as np
 import pandas as pd
 
 from caltars_bayes.errors import CaltarsError, SpecError
-from caltars_bayes.io import atomic_write_file, json_writer
+from caltars_bayes.io import atomic_write_file
 from caltars_bayes.spec import Instrument, instrument_from_dict, load_instrument, models_dir
-from caltars_bayes.tasks import Task, TaskRun, collect_results, run_tasks
+from caltars_bayes.tasks import Task, TaskRun, collect_results, prepare_output, run_tasks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -933,47 +933,6 @@ class PlanResult:
 OUTPUT_FILES = ("plan.json", "results.csv", "power.csv", "power.png", "power.svg")
 
 
-def _clear(out: Path) -> None:
-    """Delete a previous plan run's files (only those a run writes)."""
-    tasks = out / "tasks"
-    if tasks.is_dir():
-        for f in tasks.iterdir():
-            if f.suffix in (".csv", ".txt") or f.name.startswith("."):
-                f.unlink()
-        if not any(tasks.iterdir()):
-            tasks.rmdir()
-    for name in OUTPUT_FILES:
-        (out / name).unlink(missing_ok=True)
-
-
-def _prepare_out(out: Path, plan: Plan, force: bool) -> None:
-    stamp = out / "plan.json"
-    if out.exists() and not out.is_dir():
-        raise CaltarsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        old = None
-        if stamp.is_file():
-            try:
-                old = json.loads(stamp.read_text()).get("fingerprint")
-            except (json.JSONDecodeError, OSError):
-                old = None
-        if force:
-            _clear(out)
-        elif old is None:
-            raise CaltarsError(
-                f"{out}: exists and holds no plan results; use --force or another --out"
-            )
-        elif old != plan.fingerprint():
-            raise CaltarsError(
-                f"{out}: holds results of a different plan; use --force to start "
-                "over (deletes them) or choose another --out"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_file(
-        stamp, json_writer({"fingerprint": plan.fingerprint(), **plan.to_dict()}), force=True
-    )
-
-
 def run_plan(
     plan: Plan,
     out: str | Path,
@@ -1003,7 +962,8 @@ def run_plan(
     replication), ``results.csv``, ``power.csv``, ``power.png``, ``power.svg``.
     """
     out = Path(out)
-    _prepare_out(out, plan, force)
+    record = {"fingerprint": plan.fingerprint(), **plan.to_dict()}
+    prepare_output(out, "plan.json", record, OUTPUT_FILES, "plan", force)
     tasks = plan.tasks()
     run = run_tasks(
         tasks,

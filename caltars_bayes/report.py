@@ -253,6 +253,7 @@ class Report:
 
     def save_figures(self, out_dir: str | Path, force: bool = False) -> list[Path]:
         """Write every figure as PNG and SVG into ``out_dir`` (atomically)."""
+
         def writer(fig: Figure, fmt: str) -> Callable[[Path], Any]:
             def write(p: Path) -> None:
                 fig.savefig(p, format=fmt, dpi=150, bbox_inches="tight")
@@ -1696,9 +1697,11 @@ def _table_html(t: ReportTable, rep: Report) -> str:
     for rec in df.itertuples(index=False):
         cells = []
         for c, v in zip(df.columns, rec, strict=True):
-            cls = " class='t'" if not isinstance(v, int | float | np.number) or isinstance(
-                v, bool | np.bool_
-            ) else ""
+            cls = (
+                " class='t'"
+                if not isinstance(v, int | float | np.number) or isinstance(v, bool | np.bool_)
+                else ""
+            )
             cells.append(f"<td{cls}>{_esc(t.cell(v, c))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     note = f"<p class='note'>{_esc(t.note)}</p>" if t.note else ""
@@ -1882,9 +1885,7 @@ def _table_latex(t: ReportTable, rep: Report) -> str:
     if t.note:
         notes.append(latex_escape(t.note))
     note = (
-        "\n\\par\\smallskip{\\footnotesize\\textit{Note.} " + " ".join(notes) + "}"
-        if notes
-        else ""
+        "\n\\par\\smallskip{\\footnotesize\\textit{Note.} " + " ".join(notes) + "}" if notes else ""
     )
     return "\n".join(
         [
@@ -1918,9 +1919,7 @@ def _render_latex(rep: Report, folder: str) -> str:
         what = "APPROXIMATE FIT" if rep.approximate else "WARNING: NOT CONVERGED"
         out.append(
             r"\noindent\fbox{\parbox{\dimexpr\linewidth-2\fboxsep-2\fboxrule\relax}"
-            rf"{{\textbf{{{what}.}} "
-            + latex_escape("; ".join(rep.problems))
-            + "}}"
+            rf"{{\textbf{{{what}.}} " + latex_escape("; ".join(rep.problems)) + "}}"
         )
         out.append("")
     out.extend([r"% Methods paragraph (adapt before use):", latex_escape(rep.methods), ""])

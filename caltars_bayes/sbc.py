@@ -48,9 +48,9 @@ import pandas as pd
 import xarray as xr
 
 from caltars_bayes.errors import CaltarsError
-from caltars_bayes.io import atomic_write_file, json_writer
+from caltars_bayes.io import atomic_write_file
 from caltars_bayes.spec import Instrument
-from caltars_bayes.tasks import Task, TaskRun, collect_results, run_tasks
+from caltars_bayes.tasks import Task, TaskRun, collect_results, prepare_output, run_tasks
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -355,7 +355,6 @@ def _savefig(fig: Any, path: Path, fmt: str) -> None:
     fig.savefig(path, format=fmt, dpi=110)
 
 
-
 # --------------------------------------------------------------------------- tests of uniformity
 
 
@@ -535,37 +534,6 @@ class SBCResult:
         return "\n".join(lines)
 
 
-def _prepare_out(out: Path, config: SBCConfig, force: bool) -> None:
-    stamp = out / "sbc.json"
-    if out.exists() and not out.is_dir():
-        raise CaltarsError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        old = None
-        if stamp.is_file():
-            try:
-                old = json.loads(stamp.read_text()).get("fingerprint")
-            except (json.JSONDecodeError, OSError):
-                old = None
-        if force:
-            tasks = out / "tasks"
-            if tasks.is_dir():
-                for f in tasks.iterdir():
-                    if f.suffix in (".csv", ".txt"):
-                        f.unlink()
-            for name in OUTPUT_FILES:
-                (out / name).unlink(missing_ok=True)
-        elif old is None:
-            raise CaltarsError(f"{out}: exists and holds no SBC results; use --force")
-        elif old != config.fingerprint():
-            raise CaltarsError(
-                f"{out}: holds SBC results of other settings; use --force to start over"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_file(
-        stamp, json_writer({"fingerprint": config.fingerprint(), **config.to_dict()}), force=True
-    )
-
-
 def run_sbc(
     instrument: Instrument,
     sims: int = 200,
@@ -611,7 +579,8 @@ def run_sbc(
         tuple(variables), seed, backend,
     )  # fmt: skip
     out = Path(out)
-    _prepare_out(out, config, force)
+    record = {"fingerprint": config.fingerprint(), **config.to_dict()}
+    prepare_output(out, "sbc.json", record, OUTPUT_FILES, "SBC configuration", force)
     tasks = config.tasks()
     run = run_tasks(
         tasks,

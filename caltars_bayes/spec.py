@@ -172,6 +172,13 @@ class ModelOptions:
     bifactor: bool = False  # a general factor besides orthogonal scale factors
     covariates: bool = True  # model subject covariates jointly with the alliance
     session_covariates: str = "session"  # "session" | "subject" (aggregate) | "none"
+    #: how the likelihood holds the ratings (not the data file's layout):
+    #: "vector": one vector of observed ratings with index gathers (any design;
+    #: fastest on CPU). "dense": a session x judge x item array (complete
+    #: designs only; no per-rating gathers, so its gradient has no scatter-adds:
+    #: about 1000x faster on a GPU, see docs/model.md). "auto": dense for the
+    #: JAX samplers (numpyro, blackjax) when the design is complete, else vector.
+    likelihood_layout: str = AUTO
 
     @classmethod
     def parse(
@@ -188,6 +195,12 @@ class ModelOptions:
                 raise SpecError(f"{where}.{key}: must be true or false")
         if "cutpoints" in table and table["cutpoints"] not in ("item", "scale"):
             raise SpecError(f'{where}.cutpoints: must be "item" or "scale"')
+        if "likelihood_layout" in table and table["likelihood_layout"] not in (
+            AUTO,
+            "vector",
+            "dense",
+        ):
+            raise SpecError(f'{where}.likelihood_layout: must be "auto", "vector" or "dense"')
         if "session_covariates" in table and table["session_covariates"] not in (
             "session",
             "subject",

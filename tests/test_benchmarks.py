@@ -102,10 +102,24 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
     assert r["wall_s"] > 0 and r["sampling_s"] > 0 and r["divergences"] >= 0
     assert r["settings"]["chain_method"] == "vectorized"
     assert r["min_ess_bulk"] > 0 and r["ess_per_s"] > 0
-    g = r["gradient"]  # one gradient timed before fitting
+    g = r["gradient"]["dense"]  # one gradient timed before fitting, default layout
     assert g["ms"] > 0 and g["ms_4"] > 0 and g["compile_s"] > 0
+    assert r["settings"]["likelihood_layout"] == "dense"
     md = out.with_suffix(".md").read_text()
+    assert "dense layout" in md
     assert r["date"] in md and "NOT CONVERGED" in md  # 10 draws never converge
+
+
+@pytest.mark.jax
+def test_gpu_script_times_both_likelihood_layouts(tmp_path):
+    pytest.importorskip("numpyro")
+    args = ["--subjects", "3", "--sessions", "2", "--judges", "2", "--no-covariates"]
+    res = _run(str(BENCH / "gpu_100x.py"), *args, "--gradient-only", "--compare-layouts")
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.loads(res.stdout[res.stdout.index("{") :])
+    assert r["ratings"] == 3 * 2 * 2 * 30 and set(r["gradient"]) == {"vector", "dense"}
+    assert all(g["ms"] > 0 and g["ms_4"] > 0 for g in r["gradient"].values())
+    assert "no fit" not in res.stdout and "fitted" not in res.stdout  # gradient only
 
 
 def test_gpu_script_refuses_a_big_run_without_gpu(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
@@ -274,3 +276,122 @@ def test_rating_simulator_does_not_depend_on_cutpoint_order():
     a = _cumulative_logit_random(mu, cut, row, rng=np.random.default_rng(1))
     b = _cumulative_logit_random(mu, cut[:, ::-1], row, rng=np.random.default_rng(1))
     np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------- dense layout
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        dict(
+            judge_subject_interaction=True,
+            cutpoints="scale",
+            session_trend=True,
+            parameterisation="noncentred",
+        ),
+    ],
+)
+def test_dense_layout_has_the_long_layouts_density_and_gradient(caltars, extra):
+    from caltars_bayes import FOUNDING_SESSION_COVARIATES, FOUNDING_SUBJECT_COVARIATES
+
+    trial = simulate_trial(
+        caltars,
+        n_subjects=4,
+        n_sessions=2,
+        n_judges=3,
+        seed=4,
+        subject_covariates=FOUNDING_SUBJECT_COVARIATES,
+        session_covariates=FOUNDING_SESSION_COVARIATES,
+    )
+    data = trial.to_rating_data()
+    long = AllianceModel(data, options=ModelOptions(**extra))
+    dense = AllianceModel(data, options=ModelOptions(likelihood_layout="dense", **extra))
+    assert long.plan.likelihood_layout == "vector"
+    assert dense.plan.likelihood_layout == "dense"
+    ml, md = long.model, dense.model
+    assert md.named_vars_to_dims["rating"] == ("session", "judge", "item")
+    assert [v.name for v in ml.value_vars] == [v.name for v in md.value_vars]
+    f_l, f_d = _logp_and_grad(ml), _logp_and_grad(md)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        point = {k: v + rng.normal(0, 0.3, np.shape(v)) for k, v in ml.initial_point().items()}
+        (lp_l, g_l), (lp_d, g_d) = f_l(point), f_d(point)
+        np.testing.assert_allclose(lp_d, lp_l, rtol=1e-12)
+        np.testing.assert_allclose(g_d, g_l, rtol=1e-9, atol=1e-9)
+
+
+def _logp_and_grad(m: pm.Model):
+    """Log density and its gradient as the JAX samplers see them (compiles in seconds)."""
+    import jax
+    from pymc.sampling.jax import get_jaxified_logp
+
+    f = jax.jit(jax.value_and_grad(get_jaxified_logp(m)))
+    names = [v.name for v in m.value_vars]
+
+    def evaluate(point: dict) -> tuple[float, np.ndarray]:
+        value, grad = f([np.asarray(point[n]) for n in names])
+        return float(value), np.concatenate([np.ravel(g) for g in grad])
+
+    return evaluate
+
+
+def test_dense_layout_bifactor_and_ratings(caltars):
+    from caltars_bayes.model import dense_cells
+
+    inst = caltars.with_structure("bifactor")
+    trial = simulate_trial(caltars, n_subjects=5, n_sessions=2, n_judges=2, seed=3)
+    from caltars_bayes.data import RatingData
+
+    data = RatingData.from_frame(trial.ratings, inst, layout="long")
+    ml = AllianceModel(data).model
+    md = AllianceModel(data, options=replace(inst.model, likelihood_layout="dense")).model
+    point = ml.initial_point()
+    np.testing.assert_allclose(
+        _logp_and_grad(md)(point)[0], _logp_and_grad(ml)(point)[0], rtol=1e-12
+    )
+    # the dense array holds every rating in its cell
+    y = dense_cells(data)
+    assert y.shape == (data.n_sessions, data.n_judges, data.n_items)
+    np.testing.assert_array_equal(y[data.session_idx, data.judge_idx, data.item_idx], data.y)
+    with md:
+        draws = pm.sample_prior_predictive(draws=2, random_seed=1)["prior_predictive"]["rating"]
+    assert draws.shape[-3:] == y.shape and 0 <= int(draws.min()) and int(draws.max()) <= 4
+
+
+def test_dense_layout_falls_back_on_incomplete_designs(caltars):
+    trial = simulate_trial(caltars, n_subjects=5, n_sessions=2, n_judges=2, seed=3)
+    ratings = trial.ratings.iloc[1:]  # one cell missing
+    from caltars_bayes.data import RatingData
+
+    data = RatingData.from_frame(ratings, caltars, layout="long")
+    am = AllianceModel(data, options=ModelOptions(likelihood_layout="dense"))
+    assert am.plan.likelihood_layout == "vector"
+    assert any(
+        "dense likelihood layout requested but the design is incomplete" in n for n in am.plan.notes
+    )
+    assert am.model.named_vars_to_dims["rating"] == ("obs",)
+
+
+def test_auto_likelihood_layout_is_dense_for_jax_samplers_on_complete_designs(caltars):
+    from caltars_bayes.data import RatingData
+
+    trial = simulate_trial(caltars, n_subjects=5, n_sessions=2, n_judges=2, seed=3)
+    data = trial.to_rating_data()
+    assert plan_model(data, sampler="numpyro").likelihood_layout == "dense"
+    assert plan_model(data, sampler="blackjax").likelihood_layout == "dense"
+    assert plan_model(data, sampler="nutpie").likelihood_layout == "vector"
+    assert plan_model(data).likelihood_layout == "vector"
+    sparse = RatingData.from_frame(trial.ratings.iloc[1:], caltars, layout="long")
+    plan = plan_model(sparse, sampler="numpyro")
+    assert plan.likelihood_layout == "vector" and not any("dense" in n for n in plan.notes)
+
+
+def test_likelihood_layout_option_is_checked():
+    from caltars_bayes.errors import SpecError
+
+    opts = ModelOptions.parse({"likelihood_layout": "dense"}, "[model]")
+    assert opts.likelihood_layout == "dense"
+    with pytest.raises(SpecError, match="likelihood_layout"):
+        ModelOptions.parse({"likelihood_layout": "long"}, "[model]")

@@ -389,8 +389,16 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert f"[{n}/6]" in text
     assert "hypotheses:" in text and "Treatment-level interrater reliability" in text
     assert f"report: {(out / 'report.html').resolve()}" in text
-    files = ["trial/ratings.csv", "fit/posterior.nc", "fit/hypotheses.csv", "dstudy/dstudy.csv",
-             "report.html", "report.md", "report.tex", "report_figures/associations.svg"]
+    files = [
+        "trial/ratings.csv",
+        "fit/posterior.nc",
+        "fit/hypotheses.csv",
+        "dstudy/dstudy.csv",
+        "report.html",
+        "report.md",
+        "report.tex",
+        "report_figures/associations.svg",
+    ]
     for f in files:
         assert (out / f).is_file(), f
     hyp = pd.read_csv(out / "fit" / "hypotheses.csv")

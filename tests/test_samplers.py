@@ -30,3 +30,56 @@ def test_sampler_paths(tiny_data, sampler):
     assert fit.meta["sampler"] == sampler
     assert fit.diagnostics.n_draws == 40
     assert "diverging" in fit.sample_stats
+
+
+# ----------------------------------------------------------------------------- compile reuse
+
+
+def _normal_model(y: np.ndarray, prior_sd: float = 10.0):
+    import pymc as pm
+
+    with pm.Model(coords={"obs": np.arange(len(y))}) as m:
+        data = pm.Data("y", y, dims="obs")
+        mu = pm.Normal("mu", 0.0, prior_sd)
+        pm.Normal("obs_y", mu, 1.0, observed=data, dims="obs")
+    return m
+
+
+def test_nutpie_reuses_a_compilation_with_new_data():
+    """A second model with the same graph samples the NEW data without recompiling."""
+    import nutpie
+
+    from caltars_bayes import sampling
+
+    rng = np.random.default_rng(0)
+    sampling._NUTPIE_CACHE.clear()
+    first = sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 50)), "numba")
+    second = sampling.compile_nutpie(_normal_model(rng.normal(5.0, 1.0, 50)), "numba")
+    assert len(sampling._NUTPIE_CACHE) == 1  # reused, not compiled again
+    assert second.compiled_logp_func is first.compiled_logp_func
+    means = [
+        float(nutpie.sample(c, draws=300, tune=200, chains=1, seed=1, progress_bar=False)
+              .posterior["mu"].mean())
+        for c in (first, second)
+    ]  # fmt: skip
+    assert abs(means[0]) < 0.5 and abs(means[1] - 5.0) < 0.5
+    # another prior constant or another data shape is another model
+    sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 50), prior_sd=2.0), "numba")
+    assert len(sampling._NUTPIE_CACHE) == 2
+    sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 40)), "numba")
+    assert len(sampling._NUTPIE_CACHE) == 3
+    sampling._NUTPIE_CACHE.clear()
+
+
+def test_alliance_models_of_one_design_share_a_compilation(calpas):
+    from caltars_bayes import sampling
+    from caltars_bayes.model import AllianceModel
+    from caltars_bayes.simulate import simulate_trial
+
+    def sig(n_subjects: int, seed: int) -> dict:
+        trial = simulate_trial(calpas, n_subjects=n_subjects, n_sessions=2, n_judges=2, seed=seed)
+        return sampling._signature(AllianceModel(trial.to_rating_data()).model)
+
+    a = sig(6, 1)
+    assert sampling._same_model(a, sig(6, 2))  # new ratings, same design
+    assert not sampling._same_model(a, sig(7, 2))  # one more subject
