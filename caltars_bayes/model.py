@@ -670,7 +670,7 @@ class AllianceModel:
             )
 
             # --- judges and the general factor
-            general = g_load = disc = sev = g = None
+            general = g_load = disc = sev = g = pairs = pair_idx = None
             if plan.bifactor:
                 # general factor: SD 1 on the logit scale of the average judge (its
                 # scale is fixed, so item general loadings are free and positive)
@@ -695,7 +695,7 @@ class AllianceModel:
                     sev = pm.Deterministic("severity", sev_z * sd_sev, dims=("scale", "judge"))
             if plan.judge_subject_interaction:
                 pair_codes = d.judge_idx.astype(np.int64) * d.n_subjects + d.subject_idx
-                pairs = np.unique(pair_codes)
+                pairs, pair_idx = np.unique(pair_codes, return_inverse=True)
                 m.add_coord(
                     "judge_subject",
                     [
@@ -709,6 +709,7 @@ class AllianceModel:
             parts = dict(
                 eta=eta, loading=loading, general=general, general_loading=g_load,
                 discrimination=disc, severity=sev, interaction=g, cutpoints=cutpoints,
+                pairs=pairs, pair_idx=pair_idx,  # judge x subject codes, and per rating
             )  # fmt: skip
             if plan.likelihood_layout == "dense":
                 self._dense_likelihood(parts, session_subject)
@@ -740,9 +741,7 @@ class AllianceModel:
             )
             mu = mu - p["severity"].ravel()[sev_idx]
         if p["interaction"] is not None:
-            pair_codes = d.judge_idx.astype(np.int64) * d.n_subjects + d.subject_idx
-            _, pair_idx = np.unique(pair_codes, return_inverse=True)
-            mu = mu + p["interaction"].ravel()[pair_idx * n_k + kk]
+            mu = mu + p["interaction"].ravel()[p["pair_idx"] * n_k + kk]
         if plan.cutpoints == "item":
             row = item_idx
         else:
@@ -781,7 +780,7 @@ class AllianceModel:
                 np.arange(d.n_judges)[None, :] * d.n_subjects
                 + np.asarray(d.session_subject_idx)[:, None]
             )
-            pair_idx = np.searchsorted(np.unique(pair_codes), pair_codes)  # session x judge
+            pair_idx = np.searchsorted(p["pairs"], pair_codes)  # session x judge
             mu = mu + pt.dot(p["interaction"][pair_idx], to_item)
         mu = pt.broadcast_to(mu, (d.n_sessions, d.n_judges, d.n_items))
         cut = p["cutpoints"] if self.plan.cutpoints == "item" else p["cutpoints"][isc]
