@@ -163,8 +163,10 @@ def run_case(
     t = fit.meta["timings"]
     ss = fit.sample_stats
     steps = float(ss["n_steps"].mean()) if ss is not None and "n_steps" in ss else float("nan")
-    # sample_stats keep only the draws; tuning iterations take about as many steps
-    grads = steps * (tune + draws) * chains
+    # sample_stats keep only the draws; nutpie's tuning steps are counted apart
+    # (other samplers: assumed as many per iteration as when sampling)
+    tune_steps = t.get("tune_steps", steps * tune * chains)
+    grads = steps * draws * chains + tune_steps
     out = {
         "ratings": data.n_ratings,
         "subjects": subjects,
@@ -175,6 +177,7 @@ def run_case(
         "sampling_s": t["sampling_s"],
         "total_s": t["total_s"],
         "steps_per_draw": steps,
+        "tune_steps_per_iteration": tune_steps / max(tune * chains, 1),
         "ms_per_gradient_core": 1000
         * t["sampling_s"]
         * min(chains, os.cpu_count() or 1)
@@ -436,12 +439,18 @@ def _met(ok: bool) -> str:
     return "**met**" if ok else "**not met**"
 
 
+def _tune_steps(o: dict) -> str:
+    """Leapfrog steps per tuning iteration (older result files lack it)."""
+    v = o.get("tune_steps_per_iteration")
+    return "n/a" if v is None else f"{v:.1f}"
+
+
 def md_founding(sec: dict) -> list[str]:
     lines = [
         "| case | ratings | values/draw | chains x (tune+draws) | build s | compile s | sampling s "
-        "| total s | steps/draw | ms/grad (est.) | min bulk ESS | ESS/s | max R-hat | divergences "
-        "| converged | peak MB |",
-        "|" + "---|" * 16,
+        "| total s | tune steps/it | steps/draw | ms/grad (est.) | min bulk ESS | ESS/s "
+        "| max R-hat | divergences | converged | peak MB |",
+        "|" + "---|" * 17,
     ]
     for row in sec["rows"]:
         o = row["result"]
@@ -450,7 +459,8 @@ def md_founding(sec: dict) -> list[str]:
             f"| {row['name']} | {o['ratings']} | {o['stored_values']} "
             f"| {chains} x ({tune}+{draws}) "
             f"| {o['build_s']:.1f} | {o['compile_s']:.1f} | {o['sampling_s']:.1f} "
-            f"| {o['total_s']:.1f} | {o['steps_per_draw']:.1f} | {o['ms_per_gradient_core']:.2f} "
+            f"| {o['total_s']:.1f} | {_tune_steps(o)} | {o['steps_per_draw']:.1f} "
+            f"| {o['ms_per_gradient_core']:.2f} "
             f"| {o['min_ess_bulk']:.0f} | {o['ess_per_s']:.1f} | {o['max_rhat']:.3f} "
             f"| {o['divergences']} | {o['converged']} | {o['peak_memory_mb']:.0f} |"
         )
@@ -467,9 +477,9 @@ def md_scaling(sec: dict) -> list[str]:
         "`s per effective draw`: sampling seconds / min bulk ESS.",
         "",
         "| subjects | ratings | ms/grad (measured) | ms/grad per 1k ratings | relative to 1x "
-        "| ms/grad in sampler (est.) | steps/draw | sampling s | total s | min bulk ESS "
-        "| s per effective draw | divergences | converged | peak MB |",
-        "|" + "---|" * 14,
+        "| ms/grad in sampler (est.) | tune steps/it | steps/draw | sampling s | total s "
+        "| min bulk ESS | s per effective draw | divergences | converged | peak MB |",
+        "|" + "---|" * 15,
     ]
     for row in rows:
         o = row["result"]
@@ -477,7 +487,8 @@ def md_scaling(sec: dict) -> list[str]:
         lines.append(
             f"| {o['subjects']} ({row['multiple']}x) | {o['ratings']} | {o['ms_per_gradient']:.2f} "
             f"| {per_k:.3f} | {per_k / base_per_k:.2f} | {o['ms_per_gradient_core']:.2f} "
-            f"| {o['steps_per_draw']:.1f} | {o['sampling_s']:.1f} | {o['total_s']:.1f} "
+            f"| {_tune_steps(o)} | {o['steps_per_draw']:.1f} | {o['sampling_s']:.1f} "
+            f"| {o['total_s']:.1f} "
             f"| {o['min_ess_bulk']:.0f} | {o['s_per_effective_draw']:.3f} | {o['divergences']} "
             f"| {o['converged']} | {o['peak_memory_mb']:.0f} |"
         )
@@ -622,10 +633,10 @@ def render(res: dict, tiny: bool) -> str:
         f"Machine: {now['machine']}. Versions: {now['versions']}.",
         "Simulated CALTARS trials (30 items, 5 scales, 1-5 ratings) with the founding subject and "
         "session covariates; `compile_s` includes graph rewriting and numba/JAX compilation "
-        "(cold or warm cache as found); `ms/grad (est.)` is sampling seconds x cores / (steps per "
-        "draw x (tune + draws) x chains), assuming tuning takes as many steps as sampling; ESS/s "
-        "is min bulk ESS over every reported quantity per sampling second. Each section says when "
-        "it was run (sections can be rerun alone with `--only`).",
+        "(cold or warm cache as found); `ms/grad (est.)` is sampling seconds x cores / all "
+        "leapfrog steps (tuning and sampling; `tune steps/it` are those per tuning iteration); "
+        "ESS/s is min bulk ESS over every reported quantity per sampling second. Each section "
+        "says when it was run (sections can be rerun alone with `--only`).",
         "",
         "## Targets",
         "",

@@ -561,9 +561,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise CaltarsError(f"{d}: two fit directories are named {name!r}; rename one")
         fits[name] = load_fit(d)
     print(f"comparing {', '.join(fits)} (leave one {args.by} out)", flush=True)
-    table = compare_fits(
-        fits, by=args.by, fallback="none" if args.no_kfold else "kfold", n_folds=args.folds
-    )
+    fallback = "none" if args.no_kfold else args.fallback
+    table = compare_fits(fits, by=args.by, fallback=fallback, n_folds=args.folds)
     fig = plot_compare(table)
     files = {"compare.csv": lambda p: table.to_csv(p, index=False)}
     _figure_writers(files, "compare", fig)
@@ -801,15 +800,23 @@ def build_parser() -> argparse.ArgumentParser:
         "by expected log predictive density, leaving out one session (default) or one rating "
         "at a time. Writes compare.csv (best first: name, elpd, se, elpd_diff, dse, stacking "
         "weight, p_loo, Pareto-k summary, method, converged), compare.png and compare.svg. "
-        "When some Pareto k > 0.7 it warns and re-estimates every model by K-fold "
-        "cross-validation (K refits each) unless --no-kfold. See docs/structure.md.",
+        "When some Pareto k > 0.7 it warns and, by default, moment matches the high-k units "
+        "(Paananen et al. 2021; no refit); units still above 0.7 make it re-estimate every model "
+        "by K-fold cross-validation (K refits each). See docs/structure.md.",
     )
     cp.add_argument("fitdirs", nargs="+", help="two or more fit directories")
     cp.add_argument("--out", required=True, help="output folder")
     cp.add_argument("--by", choices=["session", "rating"], default="session")
     cp.add_argument("--folds", type=int, default=5, help="K of the K-fold fallback (default 5)")
     cp.add_argument(
-        "--no-kfold", action="store_true", help="never refit: keep PSIS-LOO even when k is high"
+        "--fallback",
+        choices=["moment_match", "kfold", "none"],
+        default="moment_match",
+        help="when some Pareto k > 0.7: moment match the high-k units, then K-fold if k stays "
+        "high (moment_match, default); K-fold at once (kfold); keep PSIS-LOO (none)",
+    )
+    cp.add_argument(
+        "--no-kfold", action="store_true", help="the same as --fallback none (kept for scripts)"
     )
     cp.add_argument("--force", action="store_true", help="overwrite an existing output")
     cp.set_defaults(func=cmd_compare)

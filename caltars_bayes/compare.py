@@ -17,28 +17,35 @@ Models are then ranked by elpd; ``elpd_diff`` is the difference from the best
 model with its standard error ``dse`` (from the pointwise differences), and
 ``weight`` are stacking weights (Yao et al. 2018).
 
-Pareto k and the fallback
--------------------------
+Pareto k and the fallbacks
+--------------------------
 Each left-out unit has a Pareto k diagnostic; above :data:`K_THRESHOLD` (0.7)
 its importance-sampling estimate is unreliable. When any model has such
 units, :func:`compare_fits` warns (:class:`~caltars_bayes.errors.CaltarsWarning`)
-and, unless ``fallback="none"``, re-estimates *every* model's elpd by K-fold
-cross-validation (:func:`kfold_fit`), so that all models are compared with the
-same estimator. K-fold refits each model K times (K x the fitting time).
-Folds are formed within subjects: each subject's sessions are spread over the
-folds, so every subject keeps at least one session in every training set and
-the held-out sessions are predicted exactly as in leave-one-session-out (new
-session deviations integrated out, everything else from the training
-posterior). K-fold therefore estimates the same quantity as the session PSIS-LOO
-(with slightly less training data). Leaving out whole *subjects* instead would
-need, for every draw, an integral over the new subject's correlated
-factors; it is not offered. Moment matching (``arviz_stats.loo_moment_match``)
-is not used either: it works on the PyMC graph's per-rating likelihood, not on
-integrated session likelihoods.
+and, by default (``fallback="moment_match"``), first improves them by
+importance-weighted moment matching (:func:`loo_moment_match_fit`; Paananen
+et al. 2021): the posterior draws, on the model's unconstrained space
+(:mod:`caltars_bayes.unconstrained`), are moved by affine maps towards the
+leave-one-out posterior and reweighted with the model's joint density, so no
+refit is needed. For ``by="session"`` the held-out likelihood is the integrated
+session likelihood, as in PSIS-LOO. If some unit still has k > 0.7 afterwards
+(or the fit's model cannot be rebuilt, e.g. borrowed priors), it warns again
+and re-estimates *every* model's elpd by K-fold cross-validation
+(:func:`kfold_fit`; ``fallback="kfold"`` does so at once), so that all models
+are compared with the same estimator. K-fold refits each model K times (K x
+the fitting time). Folds are formed within subjects: each subject's sessions
+are spread over the folds, so every subject keeps at least one session in
+every training set and the held-out sessions are predicted exactly as in
+leave-one-session-out (new session deviations integrated out, everything else
+from the training posterior). K-fold therefore estimates the same quantity as
+the session PSIS-LOO (with slightly less training data). Leaving out whole
+*subjects* instead would need, for every draw, an integral over the new
+subject's correlated factors; it is not offered.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -61,6 +68,7 @@ from caltars_bayes.predict import (
     rating_loglik,
     session_marginal_loglik,
 )
+from caltars_bayes.unconstrained import UnconstrainedModel
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -70,6 +78,8 @@ if TYPE_CHECKING:
 
 #: Pareto k above which a unit's PSIS estimate is unreliable.
 K_THRESHOLD = 0.7
+#: What :func:`compare_fits` does when some Pareto k is high.
+FALLBACKS = ("moment_match", "kfold", "none")
 #: Columns of :func:`compare_fits`.
 COMPARE_COLUMNS = [
     "name", "elpd", "se", "elpd_diff", "dse", "weight", "p_loo", "pareto_k_max", "n_high_k",
@@ -188,6 +198,176 @@ def loo_fit(fit: Fit, by: str = "session", *, marginal: bool | None = None) -> E
     )
 
 
+# --------------------------------------------------------------------------- moment matching
+
+
+def _unit_loglik_at(
+    um: UnconstrainedModel, data: RatingData, by: str, unit: int, upars: xr.DataArray
+) -> np.ndarray:
+    """Log likelihood of one unit (a session, integrated; or a rating) at unconstrained draws."""
+    post = um.posterior(upars)
+    time_mean = float(np.asarray(data.sessions["session_time"], dtype=float).mean())
+    if by == "session":
+        keep = np.asarray(data.session_idx) == unit
+        rows = _Rows(data, keep, session=unit)
+        d = posterior_draws(post, rows, time_mean=time_mean)  # type: ignore[arg-type]
+        return session_marginal_loglik(d, rows)[:, 0]  # type: ignore[arg-type]
+    d = posterior_draws(post, data, time_mean=time_mean)
+    return rating_loglik(d, data, np.array([unit]))[:, 0]
+
+
+def loo_moment_match_fit(
+    fit: Fit,
+    loo: ELPDDataLOO | None = None,
+    by: str = "session",
+    *,
+    k_threshold: float | None = None,
+    max_iters: int = 30,
+    split: bool = True,
+    cov: bool = True,
+    model: UnconstrainedModel | None = None,
+) -> ELPDDataLOO:
+    """Improve the high-k units of a PSIS-LOO by importance-weighted moment matching.
+
+    For each unit whose Pareto k exceeds ``k_threshold``, the posterior draws
+    on the model's unconstrained space (:mod:`caltars_bayes.unconstrained`) are
+    moved by affine maps that match their mean, then their marginal variances,
+    then (when there are at least ten draws per parameter) their covariance to
+    the importance-weighted moments of the leave-one-out posterior; a map is
+    kept only when it lowers k, and the loop stops when k is below the
+    threshold or after ``max_iters`` maps. The unit's elpd is then the
+    importance-sampling estimate from the moved draws (with ``split``: half of
+    the draws moved, combined by multiple importance sampling), which needs
+    only the model's joint density at the moved draws: no refit (Paananen,
+    Piironen, Buerkner & Vehtari 2021, *Implicitly adaptive importance
+    sampling*, Statistics and Computing 31:16; the algorithm of
+    ``arviz_stats.loo_moment_match``, which this calls with our own functions).
+
+    ``by="session"`` uses the *integrated* session likelihood
+    (:func:`caltars_bayes.predict.session_marginal_loglik`). The importance
+    target is then the joint density ``p(rest | y_-s) p(zeta_s | y_s, rest)``,
+    whose margin over the session's own deviations is the leave-one-session-out
+    posterior, so the estimate is of the same elpd as :func:`loo_fit` and
+    :func:`kfold_fit`.
+
+    Parameters
+    ----------
+    fit : a fitted model (its model is rebuilt from its spec and data; fits
+        with borrowed priors are refused with a CaltarsError).
+    loo : the PSIS-LOO result to improve (default: ``loo_fit(fit, by)``).
+    by : ``"session"`` or ``"rating"``, as ``loo`` was computed.
+    k_threshold : units above it are moment matched (default ``loo.good_k``,
+        ``min(1 - 1/log10(S), 0.7)`` for S draws).
+    max_iters : most affine maps per unit.
+    split, cov : see ``arviz_stats.loo_moment_match``.
+    model : an already built :class:`~caltars_bayes.unconstrained.UnconstrainedModel`.
+
+    Returns
+    -------
+    ELPDDataLOO as :func:`loo_fit` (``elpd``, ``se``, ``p``, ``elpd_i``,
+    ``pareto_k``, ``p_loo_i``, ``good_k``, ``warning``) with the matched units
+    replaced (a unit whose k did not drop keeps its PSIS values), and
+    ``influence_pareto_k``: the Pareto k before moment matching. ``pareto_k``
+    of a matched unit is the k of its last accepted map.
+
+    Examples
+    --------
+    >>> loo = loo_fit(fit, by="session")            # doctest: +SKIP
+    >>> mm = loo_moment_match_fit(fit, loo)          # doctest: +SKIP
+    >>> int((mm.pareto_k > 0.7).sum())              # doctest: +SKIP
+    0
+    """
+    from arviz_stats import loo_moment_match
+
+    if by not in ("session", "rating"):
+        raise ValueError(f"moment matching needs by='session' or 'rating', got {by!r}")
+    if loo is None:
+        loo = loo_fit(fit, by)
+    dim, _ = _units(fit.data, by)
+    if loo.pareto_k is None or dim not in loo.pareto_k.dims:
+        raise ValueError(f"loo must be a pointwise loo_fit(fit, by={by!r}) result")
+    threshold = float(loo.good_k if k_threshold is None else k_threshold)
+    bad = np.flatnonzero(loo.pareto_k.values > threshold)
+    out = copy.deepcopy(loo)
+    out.influence_pareto_k = loo.pareto_k.copy()
+    if bad.size == 0:
+        return out
+    data, post = fit.data, fit.posterior
+    um = model or UnconstrainedModel(fit)
+    upars = um.upars(post)
+    d = posterior_draws(post, data)
+    if by == "session":
+        ll = session_marginal_loglik(d, data)[:, bad]
+    else:
+        ll = rating_loglik(d, data, bad)
+    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+    sample_coords = {"chain": post["chain"].values, "draw": post["draw"].values}
+    sub_coords = {dim: loo.pareto_k[dim].values[bad]}
+    ll_da = xr.DataArray(
+        ll.reshape(n_chain, n_draw, -1),
+        dims=(*SAMPLE_DIMS, dim),
+        coords={**sample_coords, **sub_coords},
+    )
+    reff = relative_eff(fit)
+    log_weights, _ = ll_da.azstats.psislw(r_eff=reff, dim=list(SAMPLE_DIMS))
+    tree = xr.DataTree.from_dict({"log_likelihood": xr.Dataset({"unit": ll_da})})
+    sub = ELPDDataLOO(
+        elpd=float(loo.elpd_i.values[bad].sum()),
+        se=0.0,
+        p=0.0,
+        n_samples=loo.n_samples,
+        n_data_points=len(bad),
+        scale="log",
+        warning=True,
+        good_k=loo.good_k,
+        elpd_i=loo.elpd_i.isel({dim: bad}).copy(),
+        pareto_k=loo.pareto_k.isel({dim: bad}).copy(),
+        p_loo_i=loo.p_loo_i.isel({dim: bad}).copy(),
+        log_weights=log_weights,
+    )
+
+    def as_samples(values: np.ndarray, like: xr.DataArray) -> xr.DataArray:
+        return xr.DataArray(
+            values.reshape(like.sizes["chain"], like.sizes["draw"]),
+            dims=SAMPLE_DIMS,
+            coords={"chain": like["chain"].values, "draw": like["draw"].values},
+        )
+
+    def log_prob(u: xr.DataArray) -> xr.DataArray:
+        u = u.transpose(*SAMPLE_DIMS, ...)
+        return as_samples(um.logp(u.values), u)
+
+    def log_lik_i(u: xr.DataArray, i: int) -> xr.DataArray:
+        u = u.transpose(*SAMPLE_DIMS, ...)
+        return as_samples(_unit_loglik_at(um, data, by, int(bad[i]), u), u)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # per-unit notes; the k values tell
+        warnings.simplefilter("ignore", RuntimeWarning)  # its se of a single unit (ddof=1)
+        mm = loo_moment_match(
+            tree,
+            sub,
+            log_prob_upars_fn=log_prob,
+            log_lik_i_upars_fn=log_lik_i,
+            upars=upars,
+            var_name="unit",
+            reff=reff,
+            max_iters=max_iters,
+            k_threshold=threshold,
+            split=split,
+            cov=cov,
+            pointwise=True,
+        )
+    for name in ("elpd_i", "pareto_k", "p_loo_i"):
+        values = getattr(out, name).values.copy()
+        values[bad] = getattr(mm, name).values
+        setattr(out, name, getattr(out, name).copy(data=values))
+    elpd, se, p_loo, _ = out.elpd_i.azstats.loo_summary(out.p_loo_i)
+    out.elpd, out.se, out.p = float(elpd), float(se), float(p_loo)
+    out.warning = bool(np.any(out.pareto_k.values > out.good_k))
+    return out
+
+
 # --------------------------------------------------------------------------- K-fold
 
 
@@ -228,15 +408,24 @@ def rating_folds(data: RatingData, n_folds: int, seed: int = 0) -> np.ndarray:
 
 
 class _Rows:
-    """The full data's labels and indices restricted to some ratings (a light view)."""
+    """The full data's labels and indices restricted to some ratings (a light view).
 
-    def __init__(self, data: RatingData, keep: np.ndarray) -> None:
+    With ``session``, the view also has that one session only (the ratings kept
+    must all be of it).
+    """
+
+    def __init__(self, data: RatingData, keep: np.ndarray, session: int | None = None) -> None:
         self.subjects, self.judges, self.items = data.subjects, data.judges, data.items
         self.scales, self.sessions = data.scales, data.sessions
         self.session_labels = data.session_labels
         self.session_subject_idx = data.session_subject_idx
         for name in ("subject_idx", "session_idx", "judge_idx", "item_idx", "scale_idx", "y"):
             setattr(self, name, np.asarray(getattr(data, name))[keep])
+        if session is not None:
+            self.sessions = data.sessions.iloc[[session]]
+            self.session_labels = (data.session_labels[session],)
+            self.session_subject_idx = np.asarray(data.session_subject_idx)[[session]]
+            self.session_idx = np.zeros_like(self.session_idx)
 
     n_subjects = property(lambda self: len(self.subjects))
     n_scales = property(lambda self: len(self.scales))
@@ -391,7 +580,7 @@ def compare_fits(
     fits: Mapping[str, Fit],
     by: str = "session",
     *,
-    fallback: str = "kfold",
+    fallback: str = "moment_match",
     n_folds: int = 5,
     seed: int = 0,
     fit_options: Mapping[str, Any] | None = None,
@@ -402,9 +591,13 @@ def compare_fits(
     ----------
     fits : name -> fit (at least two, same data: refused otherwise).
     by : ``"session"`` (leave one session out, default) or ``"rating"``.
-    fallback : what to do when some unit has Pareto k > 0.7: ``"kfold"``
-        (default: warn, then K-fold cross-validation of every model, K refits
-        each) or ``"none"`` (warn and keep PSIS-LOO).
+    fallback : what to do when some unit has Pareto k > 0.7 (always with a
+        :class:`~caltars_bayes.errors.CaltarsWarning`): ``"moment_match"``
+        (default: moment match the high-k units of the models that have them,
+        :func:`loo_moment_match_fit`, no refit; if some unit still has k > 0.7,
+        or moment matching is not possible, warn again and K-fold every model),
+        ``"kfold"`` (K-fold cross-validation of every model at once, K refits
+        each) or ``"none"`` (keep PSIS-LOO).
     n_folds, seed, fit_options : K-fold settings (see :func:`kfold_fit`).
 
     Returns
@@ -423,12 +616,14 @@ def compare_fits(
     ``p_loo``
         Effective number of parameters (in-sample lpd minus elpd).
     ``pareto_k_max``, ``n_high_k``
-        Largest Pareto k of the PSIS estimate and the number of units with
-        k > 0.7 (always from PSIS, also when K-fold replaced it).
+        Largest Pareto k and the number of units with k > 0.7 of the
+        importance-sampling estimate: after moment matching where it was
+        applied, else of plain PSIS (also when K-fold replaced it).
     ``n_units``, ``by``
         Number and kind of left-out units.
     ``method``
-        ``"psis"`` or ``"kfold(K)"``.
+        ``"psis"``, ``"psis+mm"`` (PSIS with moment-matched high-k units) or
+        ``"kfold(K)"``.
     ``converged``
         The fit's convergence verdict. ``attrs["diagnostics"]`` holds each
         fit's banner, ``attrs["warnings"]`` the Pareto-k warnings.
@@ -437,41 +632,68 @@ def compare_fits(
         raise CaltarsError("compare: give at least two fits")
     if by not in ("session", "rating"):
         raise CaltarsError(f"compare: --by must be 'session' or 'rating', got {by!r}")
-    if fallback not in ("kfold", "none"):
-        raise ValueError(f"fallback must be 'kfold' or 'none', got {fallback!r}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
     _check_same_data(fits)
     loos = {name: loo_fit(fit, by) for name, fit in fits.items()}
-    k_max = {n: float(np.nanmax(lo.pareto_k.values)) for n, lo in loos.items()}
-    n_high = {n: int(np.sum(lo.pareto_k.values > K_THRESHOLD)) for n, lo in loos.items()}
-    messages = []
-    elpds: dict[str, ELPDData] = dict(loos)
-    method = "psis"
-    bad = [n for n in fits if n_high[n]]
-    if bad:
-        detail = "; ".join(
-            f"{n}: {n_high[n]} of {loos[n].n_data_points} {by}s with Pareto k > {K_THRESHOLD} "
-            f"(max {k_max[n]:.2f})"
-            for n in bad
-        )
-        action = (
-            f"re-estimating every model by {n_folds}-fold cross-validation ({n_folds} refits each)"
-            if fallback == "kfold"
-            else "PSIS-LOO kept (fallback disabled): treat these elpd values with caution"
-        )
-        msg = f"PSIS-LOO unreliable: {detail}; {action}"
-        warnings.warn(msg, CaltarsWarning, stacklevel=2)
+    messages: list[str] = []
+
+    def note(msg: str) -> None:
+        warnings.warn(msg, CaltarsWarning, stacklevel=3)
         messages.append(msg)
-        if fallback == "kfold":
-            try:
-                elpds = {
-                    n: kfold_fit(f, by, n_folds, seed=seed, fit_options=fit_options)
-                    for n, f in fits.items()
-                }
-                method = f"kfold({n_folds})"
-            except CaltarsError as exc:
-                msg = f"K-fold not possible ({exc}); PSIS-LOO kept"
-                warnings.warn(msg, CaltarsWarning, stacklevel=2)
-                messages.append(msg)
+
+    def high(lo: ELPDDataLOO) -> int:
+        return int(np.sum(lo.pareto_k.values > K_THRESHOLD))
+
+    def detail(names: list[str], loo: Mapping[str, ELPDDataLOO]) -> str:
+        return "; ".join(
+            f"{n}: {high(loo[n])} of {loo[n].n_data_points} {by}s with Pareto k > {K_THRESHOLD} "
+            f"(max {float(np.nanmax(loo[n].pareto_k.values)):.2f})"
+            for n in names
+        )
+
+    elpds: dict[str, ELPDData] = dict(loos)
+    methods = dict.fromkeys(fits, "psis")
+    bad = [n for n in fits if high(loos[n])]
+    kfold = fallback == "kfold" and bool(bad)
+    if bad:
+        action = {
+            "moment_match": "moment matching their high-k units (no refit)",
+            "kfold": (
+                f"re-estimating every model by {n_folds}-fold cross-validation "
+                f"({n_folds} refits each)"
+            ),
+            "none": "PSIS-LOO kept (fallback disabled): treat these elpd values with caution",
+        }[fallback]
+        note(f"PSIS-LOO unreliable: {detail(bad, loos)}; {action}")
+    if bad and fallback == "moment_match":
+        try:
+            for n in bad:
+                loos[n] = loo_moment_match_fit(fits[n], loos[n], by)
+                elpds[n] = loos[n]
+                methods[n] = "psis+mm"
+        except CaltarsError as exc:
+            note(f"moment matching not possible ({exc}); {n_folds}-fold cross-validation instead")
+            kfold = True
+        else:
+            still = [n for n in bad if high(loos[n])]
+            if still:
+                note(
+                    f"after moment matching: {detail(still, loos)}; re-estimating every model by "
+                    f"{n_folds}-fold cross-validation ({n_folds} refits each)"
+                )
+                kfold = True
+    if kfold:
+        try:
+            elpds = {
+                n: kfold_fit(f, by, n_folds, seed=seed, fit_options=fit_options)
+                for n, f in fits.items()
+            }
+            methods = dict.fromkeys(fits, f"kfold({n_folds})")
+        except CaltarsError as exc:
+            note(f"K-fold not possible ({exc}); PSIS-LOO kept")
+    k_max = {n: float(np.nanmax(lo.pareto_k.values)) for n, lo in loos.items()}
+    n_high = {n: high(lo) for n, lo in loos.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # arviz's own k and |diff| < 4 notes
         table = az_compare(elpds, method="stacking", round_to="none")
@@ -488,7 +710,7 @@ def compare_fits(
             "n_high_k": [n_high[n] for n in table.index],
             "n_units": [loos[n].n_data_points for n in table.index],
             "by": by,
-            "method": method,
+            "method": [methods[n] for n in table.index],
             "converged": [bool(fits[n].converged) for n in table.index],
         }
     )

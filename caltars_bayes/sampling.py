@@ -155,6 +155,10 @@ def run_nuts(
         )
         t2 = time.perf_counter()
         timings = {"compile_s": t1 - t0, "sampling_s": t2 - t1}
+        if "warmup_sample_stats" in dt.children and "n_steps" in dt["warmup_sample_stats"]:
+            # tuning trajectories are longer than sampling ones (the mass matrix is
+            # still being learned): recorded so that cost per step can be worked out
+            timings["tune_steps"] = float(dt["warmup_sample_stats"]["n_steps"].sum())
     elif sampler == "pymc":
         t0 = time.perf_counter()
         with model:
