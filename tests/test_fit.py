@@ -35,6 +35,10 @@ def test_fit_holds_named_datatree_and_diagnostics(tiny_fit):
     assert any("ESS" in p for p in d.problems)
     assert "NOT CONVERGED" in repr(fit)
     assert "NOT CONVERGED" in fit._repr_html_()
+    # nutpie's tuning steps are recorded (sample_stats keep only the draws): each of the
+    # chains x tune iterations takes at least one leapfrog step, at most 2^10
+    steps = fit.meta["timings"]["tune_steps"]
+    assert steps == int(steps) and 2 * 60 <= steps <= 2 * 60 * 1024
 
 
 def test_summary_scores_judges_tables(tiny_fit):
