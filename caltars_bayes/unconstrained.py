@@ -135,7 +135,8 @@ class UnconstrainedModel:
         for rv, c in zip(self._rvs, cons, strict=True):
             tr = m.rvs_to_transforms[rv]
             fwd.append(tr.forward(c, *rv.owner.inputs) if tr is not None else c)
-        rv_shapes = [tuple(int(x) for x in rv.shape.eval()) for rv in self._rvs]
+        shapes = m.eval_rv_shapes()  # constrained (RV) shapes, by name
+        rv_shapes = [tuple(int(x) for x in shapes[rv.name]) for rv in self._rvs]
         return _batched(cons, fwd, rv_shapes, self.mode)
 
     @cached_property
