@@ -31,7 +31,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/caltars-bayes demo --out demo_output --force
 
-# CI (.ci/run) runs this: every test except the multi-trial `long` studies, on two
+# CI (.ci/run) runs this: every test except the `long` ones (multi-trial studies and
+# the four slowest single-fit proofs, run by `make test-long`), on two
 # workers (model compilation is single-threaded, so two test files at a time keep
 # both cores busy), one worker per test file so module fixtures are fitted once.
 test: $(STAMP)

@@ -410,7 +410,7 @@ def _truth_table(trial) -> pd.DataFrame:
     return pd.concat([sub, ses], ignore_index=True)[["scale", "covariate", "level", "truth"]]
 
 
-@pytest.mark.slow
+@pytest.mark.long  # about 2.5 minutes of fitting: run by `make test-long`, not in CI
 def test_latent_associations_recover_truth(recovery_fits):
     rows = []
     for trial, fit in recovery_fits:

@@ -136,7 +136,7 @@ def _widths(fit, names=("loading", "sd_alliance")) -> pd.Series:
     return pd.concat(parts)
 
 
-@pytest.mark.slow
+@pytest.mark.long  # about 2 minutes: run by `make test-long`, not in CI
 def test_borrowing_narrows_without_bias_and_flags_conflict(calpas, calibration_fits):
     trial, fit_a = calibration_fits["trial"], calibration_fits["fit_A"]
     data_b = calibration_fits["B"]

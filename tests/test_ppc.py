@@ -160,7 +160,7 @@ def test_cli_check_writes_tables_and_figures(tiny_fit, tmp_path, capsys):
 # --------------------------------------------------------------------------- MCMC proof
 
 
-@pytest.mark.slow
+@pytest.mark.long  # its own 70 s fit: run by `make test-long`, not in CI
 def test_ppc_flags_a_fitted_model_without_the_interaction(
     interaction_misfit, correlated_factor_fits
 ):
