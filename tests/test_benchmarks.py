@@ -49,6 +49,7 @@ def test_benchmark_script_tiny(tmp_path, monkeypatch):
     scaling = _table(text, "## Scaling")
     assert [r[1] for r in scaling] == ["720", "1440"]
     assert all(float(r[2]) > 0 for r in scaling) and scaling[0][4] == "1.00"
+    assert "| 10x subjects <= 10 min, <= 4 GB | not run; largest run 2x:" in text
     # single scale: both models fitted on the anchor trial's scale 1 (4 subjects x 72)
     single = _table(text, "## Single scale")
     ours = [r for r in single if "this run" in r[0]]
@@ -81,6 +82,45 @@ def test_benchmark_script_tiny(tmp_path, monkeypatch):
     assert (
         "| 123.0 |" in text2 and "## Approximate mode" in text2 and "| tiny 6x2x2 | 720 |" in text2
     )
+
+
+def _load_run():
+    spec = importlib.util.spec_from_file_location("bench_run_targets", BENCH / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    return run
+
+
+def test_benchmark_targets_table_states_each_verdict():
+    """The Targets rows, from synthetic section results (no fitting)."""
+    run = _load_run()
+
+    def result(total, ms, ratings, div=0, converged=True, mb=900.0):
+        return {
+            "total_s": total, "divergences": div, "converged": converged, "min_ess_bulk": 800.0,
+            "ms_per_gradient": ms, "ratings": ratings, "peak_memory_mb": mb,
+        }  # fmt: skip
+
+    fnd = {"rows": [{"result": result(97.1, 0.39, 18720)}]}
+    rows = "\n".join(run.md_targets({"founding": fnd}))
+    assert "<= 120 s wall with every diagnostic passing | 97.1 s, converged True | **met**" in rows
+    assert "<= 60 s wall incl. build and compile | 97.1 s | **not met** (1.6x" in rows
+    # a diverging fit misses the 120 s target however fast it is
+    bad = {"rows": [{"result": result(50.0, 0.39, 18720, div=3)}]}
+    rows = "\n".join(run.md_targets({"founding": bad}))
+    assert "| 50.0 s, converged True | **not met** |" in rows
+    # scaling: a run that stopped at 3x says the 10x target was not measured
+    sc = {"rows": [
+        {"multiple": 1, "result": result(97.1, 0.39, 18720)},
+        {"multiple": 3, "result": result(400.0, 1.08, 56160, mb=1900.0)},
+    ]}  # fmt: skip
+    rows = "\n".join(run.md_targets({"scaling": sc}))
+    assert "| 10x subjects <= 10 min, <= 4 GB | not run; largest run 3x: 400 s, 1900 MB" in rows
+    assert "**not measured**" in rows and "0.92x the 1x cost | **met**" in rows
+    sc["rows"].append({"multiple": 10, "result": result(700.0, 4.5, 187200, mb=3000.0)})
+    rows = "\n".join(run.md_targets({"scaling": sc}))
+    assert "| 10x subjects <= 10 min, <= 4 GB | 700 s, 3000 MB | **not met** |" in rows
+    assert "1.15x the 1x cost | **met**" in rows
 
 
 def test_benchmark_refuses_unknown_section(tmp_path):
