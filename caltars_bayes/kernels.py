@@ -183,13 +183,6 @@ def _grad_numba(mu, t_hi, t_lo, k, g, n_categories):
     return dmu, d_hi, d_lo, d_gap
 
 
-def _logp_numpy(mu, t_hi, t_lo, log_gap, k, n_categories):
-    e = np.exp(-mu)
-    h, lo = t_hi[k] * e, t_lo[k] * e
-    below = (k % n_categories) < n_categories - 1
-    return log_gap[k] - np.where(below, mu, 0.0) - np.log1p(h + lo + h * lo)
-
-
 class CumulativeLogit(Op):
     """Log probability per rating: inputs ``mu`` (N), the flattened tables
     ``T_hi``, ``T_lo``, ``L`` (rows x C), ``k`` (N, int) and ``C``; output (N)."""
