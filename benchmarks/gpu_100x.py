@@ -183,9 +183,15 @@ def run(
         f"in {simulate_s:.1f} s on {dev}; fitting",
         flush=True,
     )
-    nuts: dict[str, Any] = {"chain_method": "vectorized"}
+    if sampler == "nutpie":  # nutpie's Rust NUTS calling the JAX gradient on the device
+        nuts: dict[str, Any] = {"backend": "jax"}
+        chain_method = "threads (one per chain)"
+    else:
+        nuts = {"chain_method": "vectorized"}
+        chain_method = "vectorized"
     if max_treedepth is not None:
-        nuts["max_tree_depth" if sampler == "numpyro" else "max_num_doublings"] = max_treedepth
+        key = {"numpyro": "max_tree_depth", "blackjax": "max_num_doublings"}.get(sampler)
+        nuts[key or "max_treedepth"] = max_treedepth
     t1 = time.perf_counter()
     fit = fit_model(
         data,
@@ -238,18 +244,22 @@ def run(
             "chains": chains,
             "tune": tune,
             "draws": draws,
-            "chain_method": "vectorized",
+            "chain_method": chain_method,
             "seed": seed,
         },
         "simulate_s": simulate_s,
         "fit_s": fit_s,
         "build_s": t["build_s"],
         "sampling_s": t["sampling_s"],
+        "compile_s": t.get("compile_s"),  # nutpie: compiling the model, before sampling
         "gradient": grad_ms,
         "diagnostics_s": diag_s,
         "subsampled": d.subsampled,
         "wall_s": wall,
         "steps_per_draw": steps,
+        "tune_steps_per_iteration": (
+            t["tune_steps"] / (tune * chains) if t.get("tune_steps") and tune else None
+        ),
         "min_ess_bulk": d.min_ess_bulk,
         "min_ess_tail": d.min_ess_tail,
         "ess_per_s": d.min_ess_bulk / t["sampling_s"],
@@ -320,7 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--tune", type=int, default=1000)
     ap.add_argument("--draws", type=int, default=1000)
-    ap.add_argument("--sampler", choices=["numpyro", "blackjax"], default="numpyro")
+    ap.add_argument(
+        "--sampler",
+        choices=["numpyro", "blackjax", "nutpie"],
+        default="numpyro",
+        help="nutpie: nutpie's NUTS with its JAX backend (one thread per chain)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-treedepth", type=int, default=None, help="default: the sampler's (10)")
     ap.add_argument("--max-cpu-subjects", type=int, default=60)

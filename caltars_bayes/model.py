@@ -420,6 +420,64 @@ def _cumulative_logit_random_dense(mu, cutpoints, rng=None, size=None):
     return _cumulative_logit_random(mu, cut, np.arange(cut.shape[0]), rng=rng, size=size)
 
 
+def sum_to_zero_basis(
+    groups: np.ndarray, n_groups: int, labels: list[str]
+) -> tuple[np.ndarray, list[str]]:
+    """Orthonormal basis of the vectors that sum to zero within each group.
+
+    Returns an ``n x (n - number of non-empty groups)`` matrix of Helmert
+    contrasts (column ``j`` of a group: its first ``j`` members against member
+    ``j + 1``, scaled to unit length) and a label per column.
+    """
+    n = len(groups)
+    cols, names = [], []
+    for g in range(n_groups):
+        idx = np.flatnonzero(groups == g)
+        for j in range(1, len(idx)):
+            v = np.zeros(n)
+            v[idx[:j]] = 1.0
+            v[idx[j]] = -float(j)
+            cols.append(v / np.sqrt(j * (j + 1.0)))
+            names.append(f"{labels[idx[j]]} vs earlier")
+    return (np.column_stack(cols) if cols else np.zeros((n, 0))), names
+
+
+def origin_sd(data: RatingData) -> float:
+    """Spread given to the subjects' average (not identified) in centred form.
+
+    About the posterior SD of one subject's factor score: ``1 / sqrt(0.25 n)``
+    for ``n`` ratings per subject and scale (a rating of a graded-response item
+    carries roughly 0.25 units of Fisher information). Any value gives the same
+    posterior for every reported quantity (see :func:`_pin_origin`); this one
+    makes the direction about as wide as the others, so NUTS neither crawls
+    along it nor shrinks its step for it.
+    """
+    n = np.bincount(data.subject_idx, minlength=data.n_subjects) / max(data.n_scales, 1)
+    return float(1.0 / np.sqrt(0.25 * max(float(np.median(n)), 1.0)))
+
+
+def _pin_origin(
+    theta_raw: pt.TensorVariable, chol_cov: pt.TensorVariable, tau: float, n: int, k: int
+) -> None:
+    """Give the average of centred-form subject factors its own narrow prior.
+
+    ``theta`` is ``theta_raw`` minus its average over subjects, so the
+    likelihood never sees that average ``m``. With rows iid ``MVN(0, S)`` the
+    average is independent of the deviations and distributed ``MVN(0, S / N)``:
+    as wide as the population SD along its (normalised) direction, while each
+    subject's deviations are as narrow as the data make them - a long ridge
+    that costs NUTS many leapfrog steps. The potential swaps ``MVN(0, S / N)``
+    for ``MVN(0, tau^2 I / N)``; the deviations, hence ``theta`` and everything
+    else, keep exactly the same posterior.
+    """
+    m = theta_raw.mean(axis=0)
+    w = solve_triangular(chol_cov, m, lower=True)  # S^-1/2 m
+    log_det = pt.log((chol_cov * np.eye(k)).sum(axis=1)).sum()  # JAX-safe diag
+    old = -0.5 * n * (w**2).sum() - log_det  # log MVN(m; 0, S / N) up to constants
+    new = -0.5 * n * (m**2).sum() / tau**2 - k * np.log(tau)
+    pm.Potential("theta_origin", new - old)
+
+
 def lkj_cholesky(name: str, n: int, eta: float) -> pt.TensorVariable:
     """Cholesky factor of an ``n x n`` correlation matrix with an LKJ(eta) prior.
 
@@ -587,12 +645,11 @@ class AllianceModel:
             if n_k > 1 and not plan.bifactor:
                 pm.Deterministic("factor_corr", omega, dims=("scale", "scale2"))
             if plan.centred_subjects:
+                chol_cov = sd_alliance[:, None] * chol
                 theta_raw = pm.MvNormal(
-                    "theta_raw",
-                    mu=np.zeros(n_k),
-                    chol=sd_alliance[:, None] * chol,
-                    dims=("subject", "scale"),
+                    "theta_raw", mu=np.zeros(n_k), chol=chol_cov, dims=("subject", "scale")
                 )
+                _pin_origin(theta_raw, chol_cov, origin_sd(d), d.n_subjects, n_k)
             else:
                 z_theta = pm.Normal("theta_z", 0.0, 1.0, dims=("subject", "scale"))
                 theta_raw = (z_theta @ chol.T) * sd_alliance
@@ -651,10 +708,7 @@ class AllianceModel:
 
             # --- items: log loadings sum to zero within each scale (effects coding)
             isc = np.asarray(d.item_scale_idx, dtype=np.int64)
-            counts = np.bincount(isc, minlength=n_k).astype(float)
-            raw = prior_rv("log_loading_raw", pr.log_loading, dims="item")
-            avg = pt.dot(raw, np.eye(n_k)[isc] / counts[None, :])  # mean log loading, per scale
-            loading = pm.Deterministic("loading", pt.exp(raw - avg[isc]), dims="item")
+            loading = pm.Deterministic("loading", pt.exp(self._log_loadings(isc)), dims="item")
             cut_rows = "item" if plan.cutpoints == "item" else "scale"
             n_rows = d.n_items if cut_rows == "item" else n_k
             init = np.tile(np.linspace(-1.5, 1.5, n_cut), (n_rows, 1))
@@ -717,6 +771,34 @@ class AllianceModel:
 
                 add_borrowed_priors(m, self.informative, d)
         return m
+
+    def _log_loadings(self, isc: np.ndarray) -> pt.TensorVariable:
+        """Log item loadings summing to zero within each scale.
+
+        With the default Normal prior the free parameters are the coordinates of
+        the log loadings in an orthonormal basis of the sum-to-zero subspace
+        (``log_loading_contrast``, Helmert contrasts within each scale, one fewer
+        than the scale's items): the same distribution as iid
+        ``Normal(mu, sigma)`` log loadings centred per scale, without the
+        per-scale mean that the likelihood cannot see. That mean, free in the
+        centred form, is as wide as the prior while the loadings it shifts get
+        narrower with every rating: NUTS then needs ever longer trajectories
+        (about sqrt(ratings) times longer). Other prior families keep the
+        centred form (``log_loading_raw``).
+        """
+        d, prior = self.data, self.priors.log_loading
+        if prior.dist != "Normal":
+            n_k = d.n_scales
+            counts = np.bincount(isc, minlength=n_k).astype(float)
+            raw = prior_rv("log_loading_raw", prior, dims="item")
+            avg = pt.dot(raw, np.eye(n_k)[isc] / counts[None, :])  # mean per scale
+            return raw - avg[isc]
+        basis, labels = sum_to_zero_basis(isc, d.n_scales, list(d.items))
+        if not labels:  # every scale has one item: all loadings are 1
+            return pt.zeros(d.n_items)
+        pm.modelcontext(None).add_coord("item_contrast", labels)
+        z = pm.Normal("log_loading_contrast", 0.0, prior.params["sigma"], dims="item_contrast")
+        return pt.dot(basis, z)
 
     def _vector_likelihood(self, p: dict[str, Any]) -> None:
         """Observed ratings as one vector (dim ``obs``), parameters gathered per rating."""

@@ -9,7 +9,13 @@ import pymc as pm
 import pytensor.tensor as pt
 import pytest
 
-from caltars_bayes.model import AllianceModel, cumulative_logit_logp, plan_model
+from caltars_bayes.model import (
+    AllianceModel,
+    cumulative_logit_logp,
+    origin_sd,
+    plan_model,
+    sum_to_zero_basis,
+)
 from caltars_bayes.simulate import simulate_trial
 from caltars_bayes.spec import ModelOptions, Prior, Priors, load_instrument
 
@@ -98,6 +104,7 @@ def test_logp_is_highest_near_the_truth(caltars):
     m = AllianceModel(data).model
     t = trial.truth
     f = m.compile_logp(vars=[m["rating"]])
+    basis, _ = sum_to_zero_basis(np.asarray(data.item_scale_idx), data.n_scales, data.items)
 
     def at(noise: float, seed: int = 0) -> float:
         rng = np.random.default_rng(seed)
@@ -105,7 +112,7 @@ def test_logp_is_highest_near_the_truth(caltars):
             "theta_raw": t["theta"].values + noise * rng.normal(size=t["theta"].shape),
             "zeta_z": t["zeta"].values / t["sd_session"].values,
             "sd_session": t["sd_session"].values,
-            "log_loading_raw": np.log(t["loading"].values),
+            "log_loading_contrast": basis.T @ np.log(t["loading"].values),
             "log_discrimination": np.log(t["discrimination"].values),
             "severity": t["severity"].values.T,
             "cutpoints": t["cutpoints"].values,
@@ -154,6 +161,64 @@ def test_one_item_per_scale_has_unit_loadings(tmp_path):
     m = AllianceModel(data).model
     draws = pm.draw(m["loading"], draws=5, random_seed=1)
     np.testing.assert_allclose(draws, 1.0)
+
+
+def test_sum_to_zero_basis_spans_the_centred_log_loadings():
+    groups = np.array([0, 0, 1, 0, 1, 1, 1, 2])  # a one-member group has no contrast
+    b, labels = sum_to_zero_basis(groups, 3, list("abcdefgh"))
+    assert b.shape == (8, 8 - 3) and len(labels) == 5
+    np.testing.assert_allclose(b.T @ b, np.eye(5), atol=1e-12)  # orthonormal
+    same = (groups[:, None] == groups[None, :]).astype(float)
+    centring = np.eye(8) - same / same.sum(axis=0)  # subtract each group's mean
+    # b b' is the projection onto within-group contrasts: iid Normal(0, s)
+    # coordinates give exactly the law of iid Normal(mu, s) values centred per group
+    np.testing.assert_allclose(b @ b.T, centring, atol=1e-12)
+
+
+def test_log_loadings_sum_to_zero_per_scale_without_a_free_mean(founding_data):
+    m = AllianceModel(founding_data).model
+    assert "log_loading_raw" not in m.named_vars
+    n_free = m.initial_point()["log_loading_contrast"].size
+    assert n_free == founding_data.n_items - founding_data.n_scales
+    draws = np.log(pm.draw(m["loading"], draws=200, random_seed=2))
+    isc = np.asarray(founding_data.item_scale_idx)
+    for k in range(founding_data.n_scales):
+        np.testing.assert_allclose(draws[:, isc == k].sum(axis=1), 0.0, atol=1e-10)
+    # marginal SD of a centred log loading: sigma * sqrt(1 - 1/n_k) (prior sigma 0.5)
+    n_k = (isc == 0).sum()
+    assert np.std(draws[:, 0]) == pytest.approx(0.5 * np.sqrt(1 - 1 / n_k), rel=0.15)
+    # another prior family keeps the centred form
+    pri = Priors(log_loading=Prior("StudentT", {"nu": 4.0, "mu": 0.0, "sigma": 0.5}))
+    assert "log_loading_raw" in AllianceModel(founding_data, priors=pri).model.named_vars
+
+
+def test_subject_origin_potential_leaves_the_deviations_exact(founding_data):
+    """Centred subjects: the average of theta_raw gets a fixed narrow prior.
+
+    The model's log density (theta_raw prior + origin potential) must split into
+    a part in the deviations and the scale parameters, plus
+    ``-N |m|^2 / (2 tau^2)`` in the average ``m`` alone: then changing ``m``
+    changes nothing else, whatever the SDs and correlations.
+    """
+    am = AllianceModel(founding_data, options=ModelOptions(parameterisation="centred"))
+    m = am.model
+    f = m.compile_logp(vars=[m["theta_raw"], m["theta_origin"]])
+    n, k = founding_data.n_subjects, founding_data.n_scales
+    tau = origin_sd(founding_data)
+    rng = np.random.default_rng(0)
+    dev = rng.normal(size=(n, k))
+    dev -= dev.mean(axis=0)
+    m1, m2 = rng.normal(0, 0.3, size=k), rng.normal(0, 0.3, size=k)
+    diffs = []
+    for sd in (0.5, 2.0):
+        pt_ = m.initial_point()
+        pt_["sd_alliance_log__"] = np.full(k, np.log(sd))
+        pt_["factor_corr_chol_cholesky_corr__"] = rng.normal(0, 0.5, size=k * (k - 1) // 2)
+        a = f({**pt_, "theta_raw": dev + m1})
+        b = f({**pt_, "theta_raw": dev + m2})
+        diffs.append(a - b)
+    expected = -0.5 * n * ((m1**2).sum() - (m2**2).sum()) / tau**2
+    np.testing.assert_allclose(diffs, expected, rtol=1e-8)
 
 
 def test_options_switch_parts(founding_data):
