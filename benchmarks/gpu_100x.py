@@ -3,7 +3,8 @@
 Simulates 100 times the founding study's subjects (5,200 subjects x 4
 sessions x 3 judges x 30 CALTARS items, about 1.9 million ratings, with the
 founding subject and session covariates), fits the full joint model with
-numpyro's NUTS (chains vectorised on one device), and records wall time, ESS
+nutpie's NUTS on JAX (one thread per chain; JAX's gradient; optionally data-based
+starting values) or numpyro's (chains vectorised on one device), and records wall time, ESS
 per second (min bulk ESS over every reported quantity), divergences, peak
 device memory (``jax`` device memory stats) and peak host memory. Writes
 ``<out>.json`` and ``<out>.md`` with the date, the card and the versions.
@@ -122,6 +123,8 @@ def run(
     layout: str = "dense",
     compare_layouts: bool = False,
     progress: bool = False,
+    start: str = "default",
+    gradient_backend: str = "jax",
 ) -> dict[str, Any]:
     """Simulate, fit and measure (see the module docstring); returns the result record."""
     t_start = time.perf_counter()
@@ -184,11 +187,12 @@ def run(
         flush=True,
     )
     if sampler == "nutpie":  # nutpie's Rust NUTS calling the JAX gradient on the device
-        nuts: dict[str, Any] = {"backend": "jax"}
+        nuts: dict[str, Any] = {"backend": "jax", "gradient_backend": gradient_backend}
         chain_method = "threads (one per chain)"
     else:
         nuts = {"chain_method": "vectorized"}
         chain_method = "vectorized"
+    nuts["start"] = start
     if max_treedepth is not None:
         key = {"numpyro": "max_tree_depth", "blackjax": "max_num_doublings"}.get(sampler)
         nuts[key or "max_treedepth"] = max_treedepth
@@ -245,6 +249,8 @@ def run(
             "tune": tune,
             "draws": draws,
             "chain_method": chain_method,
+            "start": start,
+            "gradient_backend": gradient_backend if sampler == "nutpie" else "jax",
             "seed": seed,
         },
         "simulate_s": simulate_s,
@@ -293,7 +299,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"judges x {dz['items']} items = {dz['ratings']} ratings, "
             f"{'founding covariates' if dz['covariates'] else 'no covariates'}. "
             f"{st['sampler']}, {st['chains']} chains ({st['chain_method']}) x ({st['tune']} tune "
-            f"+ {st['draws']} draws), seed {st['seed']}; "
+            f"+ {st['draws']} draws), seed {st['seed']}, {st['start']} starting values; "
             f"{st['likelihood_layout']} likelihood layout.",
             "",
             "One log-density gradient (1 chain / 4 chains vectorised): "
@@ -333,8 +339,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sampler",
         choices=["numpyro", "blackjax", "nutpie"],
-        default="numpyro",
-        help="nutpie: nutpie's NUTS with its JAX backend (one thread per chain)",
+        default="nutpie",
+        help="nutpie: nutpie's NUTS with its JAX backend, one thread per chain (default: "
+        "its adaptation needed 18x fewer leapfrog steps per draw than numpyro's on this "
+        "model, see gpu_results.md); numpyro/blackjax: chains vectorised",
+    )
+    ap.add_argument(
+        "--start",
+        choices=["default", "data"],
+        default="default",
+        help="starting values: the model's defaults or data-based (caltars_bayes.start; "
+        "no shorter tuning at 3x the founding subjects, untried at 100x)",
+    )
+    ap.add_argument(
+        "--gradient-backend",
+        choices=["jax", "pytensor"],
+        default="jax",
+        help="nutpie: differentiate with JAX or translate PyTensor's gradient graph",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-treedepth", type=int, default=None, help="default: the sampler's (10)")
@@ -379,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         a.likelihood_layout,
         a.compare_layouts,
         a.progress,
+        a.start,
+        a.gradient_backend,
     )
     if a.gradient_only:
         print(json.dumps(r, indent=1))

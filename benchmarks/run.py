@@ -190,6 +190,10 @@ def run_case(
         "max_rhat": d.max_rhat,
         "divergences": d.divergences,
         "converged": d.converged,
+        "verdict": d.banner(),  # why not converged, when it is not
+        "max_treedepth_hits": int(fit.sample_stats["maxdepth_reached"].sum())
+        if fit.sample_stats is not None and "maxdepth_reached" in fit.sample_stats
+        else None,
         "peak_memory_mb": peak_mb,
     }
     if summary_out:
@@ -339,10 +343,15 @@ def section_founding(tiny: bool, seed: int, work: Path) -> dict:
 
 
 def section_scaling(
-    tiny: bool, seed: int, founding: dict | None, multiples: tuple[int, ...] | None = None
+    tiny: bool,
+    seed: int,
+    founding: dict | None,
+    multiples: tuple[int, ...] | None = None,
+    on_row: Any = None,
 ) -> dict:
     """1x, 3x, 10x subjects (or ``multiples``); 1x is the founding section's run when
-    that is the same case (run in this invocation, or kept in the results file)."""
+    that is the same case (run in this invocation, or kept in the results file).
+    ``on_row`` is called with the section so far after every row (to save it)."""
     base = (TINY_CASES if tiny else DEFAULT_CASES)[0]
     rows = []
     for mult in multiples or (TINY_SCALING if tiny else SCALING):
@@ -361,6 +370,8 @@ def section_scaling(
             )
             print(json.dumps(out, indent=1), flush=True)
         rows.append({"multiple": mult, "spec": list(spec[1:]), "result": out})
+        if on_row is not None:
+            on_row({"rows": rows})
     return {"rows": rows}
 
 
@@ -718,22 +729,39 @@ def main(argv: list[str] | None = None) -> int:
                 elif sec == "scaling":
                     fnd = res.get("founding")  # this run's, or the results file's
                     mults = tuple(int(m) for m in a.scaling.split(",")) if a.scaling else None
-                    new = section_scaling(a.tiny, a.seed, fnd, mults)
+
+                    def partial(sec_so_far: dict) -> None:
+                        stamp = {"seed": a.seed, "stamp": _stamp()}
+                        _save({**res, "scaling": {**sec_so_far, **stamp}}, a.tiny, out, raw)
+
+                    new = section_scaling(a.tiny, a.seed, fnd, mults, partial)
                 elif sec == "single":
                     new = section_single(a.tiny)
                 else:
                     fnd = res.get("founding") if "founding" in only else None
                     new = section_approx(a.tiny, a.seed, fnd)
                 res[sec] = {**new, "seed": a.seed, "stamp": _stamp()}
+                # saved after every section: a run stopped later keeps what it measured
+                _save(res, a.tiny, out, raw)
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    for row in res.get("founding", {}).get("rows", []):
-        row.pop("summary", None)  # a temporary file, gone now
-    raw.write_text(json.dumps({"tiny": a.tiny, "sections": res}, indent=1) + "\n")
-    out.write_text(render(res, a.tiny))
     print(f"wrote {out} and {raw}")
     return 0
+
+
+def _save(res: dict[str, Any], tiny: bool, out: Path, raw: Path) -> None:
+    """Write the raw results and the markdown (each atomically: a temporary file, renamed)."""
+    kept = json.loads(json.dumps(res))  # a copy: the approx section still needs the summary
+    for row in kept.get("founding", {}).get("rows", []):
+        row.pop("summary", None)  # a temporary file, gone after the run
+    for path, text in (
+        (raw, json.dumps({"tiny": tiny, "sections": kept}, indent=1) + "\n"),
+        (out, render(kept, tiny)),
+    ):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 if __name__ == "__main__":

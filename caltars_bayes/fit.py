@@ -244,7 +244,9 @@ def fit_model(
     draws, tune, chains : MCMC settings (per chain).
     sampler : ``"nutpie"`` (default), ``"pymc"``, ``"numpyro"`` or ``"blackjax"``.
     random_seed : seed; the same seed and sampler give the same draws.
-    nuts : extra sampler options, e.g. ``{"target_accept": 0.95, "max_treedepth": 12}``.
+    nuts : extra sampler options, e.g. ``{"target_accept": 0.95, "max_treedepth": 12}``;
+        ``{"start": "data"}`` starts the chains from data-based values
+        (:mod:`caltars_bayes.start`; for designs with thousands of subjects).
     model : an already built :class:`AllianceModel` (to reuse a compiled graph).
     method : ``"nuts"`` (default), or an APPROXIMATE method for quick looks:
         ``"pathfinder"``, ``"advi"`` or ``"fullrank_advi"`` (see
@@ -281,8 +283,17 @@ def fit_model(
         diag = approximate_diagnostics(dt["posterior"].to_dataset(), info)
         sampler, tune, chains, nuts = method, 0, 1, {}
     else:
+        start = nuts.pop("start", "default")
+        if start not in ("default", "data"):
+            raise ValueError(f"nuts start must be 'default' or 'data', got {start!r}")
+        initvals = None
+        if start == "data":
+            from caltars_bayes.start import starting_values
+
+            initvals = starting_values(data, am.plan, am.instrument.n_categories)
         dt, timings = run_nuts(
             pm_model,
+            initvals=initvals,
             draws=draws,
             tune=tune,
             chains=chains,

@@ -80,7 +80,12 @@ def _data_names(compiled: Any) -> set[str]:
     return {v.name for v in compiled.shared_var_keys}
 
 
-def compile_nutpie(model: pm.Model, backend: str) -> Any:
+def compile_nutpie(
+    model: pm.Model,
+    backend: str,
+    initial_points: dict[str, Any] | None = None,
+    gradient_backend: str | None = None,
+) -> Any:
     """``nutpie.compile_pymc_model``, reusing an earlier compilation of the same model.
 
     Fits of new data with the same design (planning and SBC replications, refits)
@@ -89,13 +94,21 @@ def compile_nutpie(model: pm.Model, backend: str) -> Any:
     its constants, the data shapes and the coords all equal those of a model
     compiled before in this process, that compilation is reused with the new
     data (``with_data``) instead of compiling again (tens of seconds with numba).
+
+    Starting values (``initial_points``, constrained scale) are compiled into
+    nutpie's model, so a model compiled with them is neither reused nor kept.
     """
     import nutpie
 
-    if backend != "numba":
+    extra: dict[str, Any] = {}
+    if gradient_backend is not None:
+        extra["gradient_backend"] = gradient_backend
+    if initial_points is not None:
+        extra["initial_points"] = initial_points
+    if backend != "numba" or initial_points is not None:
         # nutpie 0.16's JAX models accept with_data but keep sampling the data they
         # were compiled with (seen here): never reuse them
-        return nutpie.compile_pymc_model(model, backend=backend)
+        return nutpie.compile_pymc_model(model, backend=backend, **extra)
     sig = _signature(model)
     sig["backend"] = backend
     for old, compiled in _NUTPIE_CACHE:
@@ -122,12 +135,15 @@ def run_nuts(
     nuts: dict[str, Any] | None = None,
     progressbar: bool = True,
     cores: int | None = None,
+    initvals: dict[str, Any] | None = None,
 ) -> tuple[xr.DataTree, dict[str, float]]:
     """Sample ``model`` and return the DataTree and timings (seconds).
 
     ``nuts`` holds extra sampler options (e.g. ``{"max_treedepth": 12}``;
-    for nutpie also ``{"backend": "jax"}``; the environment variable
+    for nutpie also ``{"backend": "jax"}`` and ``{"gradient_backend": "jax"}``
+    (JAX's own gradient instead of PyTensor's); the environment variable
     ``CALTARS_BAYES_NUTPIE_BACKEND`` sets nutpie's default backend, ``numba``).
+    ``initvals``: starting values (constrained scale) by variable name.
     """
     require_sampler(sampler)
     nuts = dict(nuts or {})
@@ -139,8 +155,9 @@ def run_nuts(
         backend = nuts.pop("backend", os.environ.get("CALTARS_BAYES_NUTPIE_BACKEND", "numba"))
         if "max_treedepth" in nuts:
             nuts["maxdepth"] = nuts.pop("max_treedepth")
+        gradient_backend = nuts.pop("gradient_backend", None)
         t0 = time.perf_counter()
-        compiled = compile_nutpie(model, backend)
+        compiled = compile_nutpie(model, backend, initvals, gradient_backend)
         t1 = time.perf_counter()
         dt = nutpie.sample(
             compiled,
@@ -172,6 +189,7 @@ def run_nuts(
                 target_accept=target_accept,
                 progressbar=progressbar,
                 compute_convergence_checks=False,
+                initvals=initvals,
                 **nuts,
             )
         total = time.perf_counter() - t0
@@ -197,6 +215,7 @@ def run_nuts(
                 nuts_sampler=sampler,
                 progressbar=progressbar,
                 compute_convergence_checks=False,
+                initvals=initvals,
                 nuts={"target_accept": target_accept, **nuts},
             )
         timings = {"compile_s": float("nan"), "sampling_s": time.perf_counter() - t0}
