@@ -6,6 +6,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from caltars_bayes.fit import fit_model
 
@@ -83,3 +84,24 @@ def test_alliance_models_of_one_design_share_a_compilation(calpas):
     a = sig(6, 1)
     assert sampling._same_model(a, sig(6, 2))  # new ratings, same design
     assert not sampling._same_model(a, sig(7, 2))  # one more subject
+
+
+def test_chains_sample_with_one_blas_thread(tiny_data, monkeypatch):
+    """Several chains on every core: BLAS must not start threads of its own."""
+    import nutpie
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    real = nutpie.sample
+
+    def spy(*args, **kwargs):
+        seen.append([i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nutpie, "sample", spy)
+    with threadpool_limits(limits=2, user_api="blas"):  # as on a 2-core machine
+        before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        fit_model(tiny_data, draws=10, tune=10, chains=2, progressbar=False)
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert seen and all(n == 1 for n in seen[0])
+    assert after == before  # restored afterwards
