@@ -8,6 +8,7 @@ dims carry the model's coords.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import time
@@ -125,6 +126,34 @@ def compile_nutpie(
     return compiled
 
 
+def one_blas_thread(chains: int) -> Any:
+    """One BLAS thread per process while several chains sample side by side.
+
+    The log density's matrix products (the covariate blocks, factor scores
+    times loadings) call OpenBLAS, which by default starts a thread per core
+    for arrays above a size threshold. With chains already running on every
+    core those threads fight the chains for the cores: measured with the
+    3x-founding design on 2 cores, one gradient took 7.4 ms with two processes
+    side by side against 1.0 ms alone, and 1.0 ms side by side with one BLAS
+    thread. At the founding size the products stay below the threshold.
+    """
+    if chains > 1:
+        return threadpool_limits(limits=1, user_api="blas")
+    return nullcontext()
+
+
+def _one_blas_thread_per_chain(f: Any) -> Any:
+    """Run ``f`` (keyword ``chains``) under :func:`one_blas_thread`."""
+
+    @functools.wraps(f)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with one_blas_thread(kwargs["chains"]):
+            return f(*args, **kwargs)
+
+    return wrapped
+
+
+@_one_blas_thread_per_chain
 def run_nuts(
     model: pm.Model,
     *,
@@ -150,42 +179,6 @@ def run_nuts(
     require_sampler(sampler)
     nuts = dict(nuts or {})
     cores = cores or min(chains, os.cpu_count() or 1)
-    with one_blas_thread(chains):
-        return _run_nuts(
-            model, draws, tune, chains, sampler, random_seed, target_accept, nuts,
-            progressbar, cores, initvals,
-        )  # fmt: skip
-
-
-def one_blas_thread(chains: int) -> Any:
-    """One BLAS thread per process while several chains sample side by side.
-
-    The log density's matrix products (the covariate blocks, factor scores
-    times loadings) call OpenBLAS, which by default starts a thread per core
-    for arrays above a size threshold. With chains already running on every
-    core those threads fight the chains for the cores: measured with the
-    3x-founding design on 2 cores, one gradient took 7.4 ms with two processes
-    side by side against 1.0 ms alone, and 1.0 ms side by side with one BLAS
-    thread. At the founding size the products stay below the threshold.
-    """
-    if chains > 1:
-        return threadpool_limits(limits=1, user_api="blas")
-    return nullcontext()
-
-
-def _run_nuts(
-    model: pm.Model,
-    draws: int,
-    tune: int,
-    chains: int,
-    sampler: str,
-    random_seed: int,
-    target_accept: float,
-    nuts: dict[str, Any],
-    progressbar: bool,
-    cores: int,
-    initvals: dict[str, Any] | None,
-) -> tuple[xr.DataTree, dict[str, float]]:
     timings: dict[str, float] = {}
     if sampler == "nutpie":
         import nutpie
