@@ -783,7 +783,7 @@ class AllianceModel:
         per-scale mean that the likelihood cannot see. That mean, free in the
         centred form, is as wide as the prior while the loadings it shifts get
         narrower with every rating: NUTS then needs ever longer trajectories
-        (about sqrt(ratings) times longer). Other prior families keep the
+        (roughly in proportion to the square root of the ratings). Other prior families keep the
         centred form (``log_loading_raw``).
         """
         d, prior = self.data, self.priors.log_loading
@@ -797,7 +797,8 @@ class AllianceModel:
         if not labels:  # every scale has one item: all loadings are 1
             return pt.zeros(d.n_items)
         pm.modelcontext(None).add_coord("item_contrast", labels)
-        z = pm.Normal("log_loading_contrast", 0.0, prior.params["sigma"], dims="item_contrast")
+        sigma = prior.params.get("sigma", 1.0)  # PyMC's default when a spec leaves it out
+        z = pm.Normal("log_loading_contrast", 0.0, sigma, dims="item_contrast")
         return pt.dot(basis, z)
 
     def _vector_likelihood(self, p: dict[str, Any]) -> None:
