@@ -191,9 +191,7 @@ def run_case(
         "divergences": d.divergences,
         "converged": d.converged,
         "verdict": d.banner(),  # why not converged, when it is not
-        "max_treedepth_hits": int(fit.sample_stats["maxdepth_reached"].sum())
-        if fit.sample_stats is not None and "maxdepth_reached" in fit.sample_stats
-        else None,
+        "max_treedepth_hits": d.treedepth_hits,
         "peak_memory_mb": peak_mb,
     }
     if summary_out:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.special import logit
 
 if TYPE_CHECKING:
     from caltars_bayes.data import RatingData
@@ -38,10 +39,6 @@ __all__ = ["rating_scores", "starting_values"]
 
 #: smallest starting SD (a spread of exactly 0 would start on a boundary)
 _MIN_SD = 0.1
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    return np.log(p) - np.log1p(-p)
 
 
 def rating_scores(data: RatingData, n_categories: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,8 +53,8 @@ def rating_scores(data: RatingData, n_categories: int) -> tuple[np.ndarray, np.n
     cum = np.cumsum(counts, axis=1) / counts.sum(axis=1, keepdims=True)  # F(c), c = 0..C-1
     lower = np.concatenate([np.zeros((n_items, 1)), cum[:, :-1]], axis=1)  # F(c - 1)
     mid = (lower + cum) / 2
-    score = _logit(mid)[np.asarray(data.item_idx), np.asarray(data.y, dtype=np.int64)]
-    return score, _logit(cum[:, :-1])
+    score = logit(mid)[np.asarray(data.item_idx), np.asarray(data.y, dtype=np.int64)]
+    return score, logit(cum[:, :-1])
 
 
 def _group_mean(values: np.ndarray, index: np.ndarray, n: int) -> np.ndarray:
