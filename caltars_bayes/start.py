@@ -73,8 +73,8 @@ def starting_values(data: RatingData, plan: ModelPlan, n_categories: int) -> dic
     score, item_cuts = rating_scores(data, n_categories)
     kk = np.asarray(data.scale_idx)
     subj = np.asarray(data.subject_idx) * n_k + kk
-    theta = _group_mean(score, subj, n_p * n_k).reshape(n_p, n_k)
-    theta -= theta.mean(axis=0)
+    subject_mean = _group_mean(score, subj, n_p * n_k).reshape(n_p, n_k)
+    theta = subject_mean - subject_mean.mean(axis=0)
     sd_alliance = np.maximum(theta.std(axis=0), _MIN_SD)
     out: dict[str, np.ndarray] = {"sd_alliance": sd_alliance}
     if plan.centred_subjects:
@@ -85,7 +85,7 @@ def starting_values(data: RatingData, plan: ModelPlan, n_categories: int) -> dic
     if plan.session_level:
         ses = np.asarray(data.session_idx) * n_k + kk
         zeta = _group_mean(score, ses, n_s * n_k).reshape(n_s, n_k)
-        zeta = 0.5 * (zeta - theta[np.asarray(data.session_subject_idx)])
+        zeta = 0.5 * (zeta - subject_mean[np.asarray(data.session_subject_idx)])
         sd_session = np.maximum(zeta.std(axis=0), _MIN_SD)
         out["sd_session"] = sd_session
         out["zeta" if plan.centred_sessions else "zeta_z"] = (
@@ -97,8 +97,9 @@ def starting_values(data: RatingData, plan: ModelPlan, n_categories: int) -> dic
     if plan.cutpoints != "item":  # one row per scale: the average of its items
         isc = np.asarray(data.item_scale_idx)
         cuts = np.stack([cuts[isc == k].mean(axis=0) for k in range(n_k)])
-    # strictly increasing by a margin (the ordered transform needs it)
-    out["cutpoints"] = np.maximum.accumulate(cuts + 1e-3 * np.arange(cuts.shape[1]), axis=1)
+    # strictly increasing already (every category count is at least 0.5), as the
+    # ordered transform needs; so is an average of such rows
+    out["cutpoints"] = cuts
     if plan.judge_severity:
         jk = kk * n_j + np.asarray(data.judge_idx)
         sev = -_group_mean(score, jk, n_k * n_j).reshape(n_k, n_j)
