@@ -100,18 +100,25 @@ def compile_nutpie(
 
     Starting values (``initial_points``, constrained scale) are compiled into
     nutpie's model, so a model compiled with them is neither reused nor kept.
+    Numba models are compiled by :func:`caltars_bayes.nutpie_numba.
+    compile_numba_model`, whose C callbacks are cached on disk, so a new
+    process compiling the same graph loads them instead of compiling again.
     """
     import nutpie
 
-    extra: dict[str, Any] = {}
-    if gradient_backend is not None:
-        extra["gradient_backend"] = gradient_backend
-    if initial_points is not None:
-        extra["initial_points"] = initial_points
-    if backend != "numba" or initial_points is not None:
+    from caltars_bayes.nutpie_numba import compile_numba_model
+
+    if backend != "numba":
         # nutpie 0.16's JAX models accept with_data but keep sampling the data they
         # were compiled with (seen here): never reuse them
+        extra: dict[str, Any] = {"initial_points": initial_points}
+        if gradient_backend is not None:
+            extra["gradient_backend"] = gradient_backend
         return nutpie.compile_pymc_model(model, backend=backend, **extra)
+    if gradient_backend not in (None, "pytensor"):
+        raise ValueError(f"gradient_backend {gradient_backend!r} needs nutpie's JAX backend")
+    if initial_points is not None:
+        return compile_numba_model(model, initial_points)
     sig = _signature(model)
     sig["backend"] = backend
     for old, compiled in _NUTPIE_CACHE:
@@ -120,7 +127,7 @@ def compile_nutpie(
             return compiled.with_data(
                 **{v.name: v.get_value() for v in model.data_vars if v.name in known}
             )
-    compiled = nutpie.compile_pymc_model(model, backend=backend)
+    compiled = compile_numba_model(model)
     _NUTPIE_CACHE.insert(0, (sig, compiled))
     del _NUTPIE_CACHE[_NUTPIE_CACHE_SIZE:]
     return compiled
