@@ -172,3 +172,16 @@ def test_an_unreadable_cache_entry_falls_back_to_compiling(cache_dir):
         second = compile_numba_model(_model(*_data(0), prior_sd=3.0))
     point = np.random.default_rng(4).normal(size=first.n_dim)
     assert _logp(second, point)[0] == pytest.approx(_logp(first, point)[0], rel=1e-12)
+
+
+def test_without_a_graph_cache_key_the_callbacks_are_compiled_uncached(cache_dir):
+    import pytensor
+
+    before = set(cache_dir.glob("*callback*"))
+    model = _model(*_data(0), prior_sd=5.0)
+    with pytensor.config.change_flags(numba__cache=False):  # PyTensor gives no cache key
+        compiled = compile_numba_model(model)
+    assert set(cache_dir.glob("*callback*")) == before  # nothing written
+    start = _flat(compiled, model.initial_point())
+    expected = float(model.compile_logp()(model.initial_point()))
+    assert _logp(compiled, start)[0] == pytest.approx(expected, rel=1e-10)
