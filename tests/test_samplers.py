@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+from caltars_bayes import sampling
 from caltars_bayes.fit import fit_model
 
 
@@ -49,8 +50,6 @@ def _normal_model(y: np.ndarray, prior_sd: float = 10.0):
 def test_nutpie_reuses_a_compilation_with_new_data():
     """A second model with the same graph samples the NEW data without recompiling."""
     import nutpie
-
-    from caltars_bayes import sampling
 
     rng = np.random.default_rng(0)
     sampling._NUTPIE_CACHE.clear()
@@ -105,3 +104,36 @@ def test_chains_sample_with_one_blas_thread(tiny_data, monkeypatch):
         after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
     assert seen and all(n == 1 for n in seen[0])
     assert after == before  # restored afterwards
+
+
+def _faults_per_round(rounds: int = 6) -> float:
+    """Minor page faults per round of a thread that allocates, touches and frees
+    80 MB of 2 MB arrays (more than one 64 MB per-thread glibc heap), as a
+    gradient of a large design does; the first round (heap growth) not counted."""
+    import resource
+    import threading
+
+    counts: list[int] = []
+
+    def work() -> None:
+        for _ in range(rounds + 1):
+            before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+            arrays = [np.ones(1 << 18) for _ in range(40)]
+            del arrays
+            counts.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return float(np.mean(counts[1:]))
+
+
+@pytest.mark.skipif(sampling._glibc() is None, reason="glibc's mallopt only")
+def test_keep_heap_memory_stops_page_faults_between_gradients():
+    """Sampler threads reuse freed memory instead of faulting it in again each time."""
+    with sampling.keep_heap_memory() as applied:
+        kept = _faults_per_round()
+    assert applied
+    default = _faults_per_round()
+    assert kept < 100  # 80 MB is 20,480 pages: nearly all reused
+    assert default > 10 * max(kept, 10)  # and glibc's defaults are back
