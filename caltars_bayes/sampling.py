@@ -189,8 +189,10 @@ def keep_heap_memory() -> Iterator[bool]:
     3.5 ms and no faults with these settings; the founding design does not
     fault either way. While sampling, freed memory is kept for reuse (top pad
     64 MB, trim threshold 256 MB, arrays up to 32 MB from the heap); glibc's
-    defaults are put back afterwards. Yields whether the settings were applied
-    (glibc only; a no-op elsewhere).
+    documented defaults are put back afterwards (having been set, the mmap
+    threshold no longer adapts for the rest of the process, as it does by
+    default). Yields whether the settings were applied (glibc only; a no-op
+    elsewhere).
     """
     libc = _glibc()
     if libc is None:
