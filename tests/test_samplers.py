@@ -136,4 +136,22 @@ def test_keep_heap_memory_stops_page_faults_between_gradients():
     assert applied
     default = _faults_per_round()
     assert kept < 100  # 80 MB is 20,480 pages: nearly all reused
-    assert default > 10 * max(kept, 10)  # and glibc's defaults are back
+    assert default > 10 * max(kept, 10)  # and the sampling settings are lifted
+
+
+@pytest.mark.skipif(sampling._glibc() is None, reason="glibc's mallopt only")
+def test_arrays_after_sampling_reuse_memory():
+    """After the context, arrays of a founding-size gradient (160 KB) come from the
+    heap: fixed thresholds must not leave every array above 128 KB mapped afresh."""
+    import resource
+
+    with sampling.keep_heap_memory():
+        pass
+    for _ in range(3):
+        [np.ones(20_000) for _ in range(30)]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        arrays = [np.ones(20_000) for _ in range(30)]
+        del arrays
+    per_round = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
+    assert per_round < 50  # mapped afresh: about 1,000 per round (30 x 40 pages)
