@@ -189,6 +189,9 @@ def fit_brms_equivalent(
         sampler="nutpie",
         random_seed=seed,
         target_accept=0.8,
+        # nutpie's own adaptation and plain NUTS, as in the hand-written anchor
+        # (not this package's NUTPIE_DEFAULTS)
+        nuts={"target_integration_time": None, "early_window_switch_freq": 10},
         progressbar=False,
     )
     total = time.perf_counter() - t0

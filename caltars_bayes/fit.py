@@ -37,7 +37,7 @@ from caltars_bayes.errors import FitIOError
 from caltars_bayes.hypotheses import Hypotheses
 from caltars_bayes.io import atomic_write_dir, json_writer
 from caltars_bayes.model import AllianceModel, ModelPlan
-from caltars_bayes.sampling import run_nuts
+from caltars_bayes.sampling import NUTPIE_DEFAULTS, run_nuts
 from caltars_bayes.spec import Instrument, instrument_from_dict
 
 FORMAT_VERSION = 1
@@ -320,6 +320,10 @@ def fit_model(
         "random_seed": random_seed,
         "target_accept": target_accept,
         "nuts": nuts,
+        # the options nutpie ran with that the caller did not give
+        "sampler_defaults": {k: v for k, v in NUTPIE_DEFAULTS.items() if k not in nuts}
+        if sampler == "nutpie"
+        else {},
         "method": "NUTS" if method == "nuts" else method,
         **({"approximation": info} if info else {}),
         "timings": {"build_s": t_build, **timings, "total_s": time.perf_counter() - t0},

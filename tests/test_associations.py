@@ -361,40 +361,43 @@ RECOVERY_SUBJECT = {
 RECOVERY_SESSION = {"w": {"PC": 0.5, "WSC": -0.3}}
 
 
-@pytest.fixture(scope="session")
-def recovery_fits(calpas):
-    """Two seeded trials with known latent correlations, 20% of covariate values missing.
+def _recovery_fit(calpas, seed: int):
+    """A seeded trial with known latent correlations, 20% of covariate values missing.
 
     Modest alliance variance and two judges x two sessions make observed scale
     means unreliable enough that attenuation of the classical r is visible.
     """
     from caltars_bayes.fit import fit_model
 
-    out = []
-    for seed in (21, 22):
-        trial = simulate_trial(
-            calpas,
-            n_subjects=90,
-            n_sessions=2,
-            n_judges=2,
-            sd_alliance=0.9,
-            sd_session=0.5,
-            factor_corr=0.2,
-            subject_covariates=RECOVERY_SUBJECT,
-            session_covariates=RECOVERY_SESSION,
-            covariate_missing_rate=0.2,
-            seed=seed,
-        )
-        fit = fit_model(
-            trial.to_rating_data(),
-            draws=400,
-            tune=600,
-            chains=2,
-            random_seed=seed,
-            progressbar=False,
-        )
-        out.append((trial, fit))
-    return out
+    trial = simulate_trial(
+        calpas,
+        n_subjects=90,
+        n_sessions=2,
+        n_judges=2,
+        sd_alliance=0.9,
+        sd_session=0.5,
+        factor_corr=0.2,
+        subject_covariates=RECOVERY_SUBJECT,
+        session_covariates=RECOVERY_SESSION,
+        covariate_missing_rate=0.2,
+        seed=seed,
+    )
+    fit = fit_model(
+        trial.to_rating_data(), draws=400, tune=600, chains=2, random_seed=seed, progressbar=False
+    )
+    return trial, fit
+
+
+@pytest.fixture(scope="session")
+def recovery_fit(calpas):
+    """The first recovery trial (seed 21): the CI tests need only this one."""
+    return _recovery_fit(calpas, 21)
+
+
+@pytest.fixture(scope="session")
+def recovery_fits(calpas, recovery_fit):
+    """Both recovery trials (seeds 21 and 22), for the `long` tests."""
+    return [recovery_fit, _recovery_fit(calpas, 22)]
 
 
 def _truth_table(trial) -> pd.DataFrame:
@@ -435,8 +438,8 @@ def test_latent_associations_recover_truth(recovery_fits):
 
 
 @pytest.mark.slow
-def test_missing_covariates_are_imputed_not_dropped(recovery_fits):
-    _, fit = recovery_fits[0]
+def test_missing_covariates_are_imputed_not_dropped(recovery_fit):
+    _, fit = recovery_fit
     n_missing = int(fit.data.covariates.isna().sum().sum())
     n_missing_ses = int(fit.data.session_covariates.isna().sum().sum())
     assert n_missing > 0 and n_missing_ses > 0
@@ -447,20 +450,28 @@ def test_missing_covariates_are_imputed_not_dropped(recovery_fits):
     assert sum(fit.data.report.covariates["missing"].values()) == n_missing
 
 
+DESIGNED_HYPOTHESES = {
+    "hypothesis": [
+        {"scale": "PC", "covariate": "a", "direction": "positive"},  # true .6
+        {"scale": "PWC", "covariate": "b", "direction": "positive"},  # true -.5
+        {"scale": "WSC", "covariate": "c", "direction": "negative"},  # true .45
+        {"scale": "PC", "covariate": "w", "direction": "positive"},  # true .5
+        {"scale": "TUI", "covariate": "d", "direction": "positive"},  # true 0
+    ]
+}
+
+
+def _check_designed_verdicts(fit) -> None:
+    v = test_hypotheses(fit, hypotheses_from_dict(DESIGNED_HYPOTHESES))["verdict"].tolist()
+    assert v[:4] == ["supported", "contradicted", "contradicted", "supported"], v
+    assert v[4] != "supported"
+
+
 @pytest.mark.slow
-def test_hypothesis_verdicts_on_a_designed_trial(recovery_fits):
-    h = hypotheses_from_dict(
-        {
-            "hypothesis": [
-                {"scale": "PC", "covariate": "a", "direction": "positive"},  # true .6
-                {"scale": "PWC", "covariate": "b", "direction": "positive"},  # true -.5
-                {"scale": "WSC", "covariate": "c", "direction": "negative"},  # true .45
-                {"scale": "PC", "covariate": "w", "direction": "positive"},  # true .5
-                {"scale": "TUI", "covariate": "d", "direction": "positive"},  # true 0
-            ]
-        }
-    )
-    for _, fit in recovery_fits:
-        v = test_hypotheses(fit, h)["verdict"].tolist()
-        assert v[:4] == ["supported", "contradicted", "contradicted", "supported"], v
-        assert v[4] != "supported"
+def test_hypothesis_verdicts_on_a_designed_trial(recovery_fit):
+    _check_designed_verdicts(recovery_fit[1])
+
+
+@pytest.mark.long  # a second seeded trial (about 85 s of fitting): `make test-long`
+def test_hypothesis_verdicts_on_a_second_designed_trial(recovery_fits):
+    _check_designed_verdicts(recovery_fits[1][1])
