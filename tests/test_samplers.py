@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +150,38 @@ def test_nutpie_defaults_are_applied_unless_given(tiny_data, monkeypatch, given)
     assert fit.diagnostics.treedepth_hits == int((ss["depth"] >= 10).sum())
 
 
+def test_tuning_steps_are_counted_without_storing_the_warmup():
+    """nutpie stores no warmup draws by default; the tuning steps counted from its
+    progress reports equal those in the stored warmup stats of the same run."""
+    dts, timings = [], []
+    for nuts in ({}, {"save_warmup": True}):
+        dt, t = sampling.run_nuts(
+            _normal_model(np.random.default_rng(1).normal(size=30)),
+            draws=50, tune=60, chains=2, sampler="nutpie", random_seed=4,
+            target_accept=0.9, nuts=nuts, progressbar=False,
+        )  # fmt: skip
+        dts.append(dt)
+        timings.append(t)
+    assert "warmup_posterior" not in dts[0].children
+    stored = float(dts[1]["warmup_sample_stats"]["n_steps"].sum())
+    assert stored > 60 * 2  # at least one step per tuning iteration
+    assert timings[0]["tune_steps"] == timings[1]["tune_steps"] == stored
+    # the same draws either way
+    np.testing.assert_array_equal(dts[0]["posterior"]["mu"], dts[1]["posterior"]["mu"])
+
+
+def test_step_counter_needs_every_chains_final_report():
+    from types import SimpleNamespace as P
+
+    counter = sampling._StepCounter()
+    done = P(finished_draws=100, total_num_steps=900)
+    counter([done, P(finished_draws=90, total_num_steps=800)])
+    assert counter.total(2, 100) is None  # chain 2 had not finished when last seen
+    counter([done, P(finished_draws=100, total_num_steps=870)])
+    assert counter.total(2, 100) == 1770
+    assert counter.total(3, 100) is None  # a chain never reported
+
+
 def test_depth_hits_are_counted_against_the_maximum_depth():
     import xarray as xr
 
@@ -217,13 +250,33 @@ def _faults_per_round(rounds: int = 6) -> float:
 
 @pytest.mark.skipif(sampling._glibc() is None, reason="glibc's mallopt only")
 def test_keep_heap_memory_stops_page_faults_between_gradients():
-    """Sampler threads reuse freed memory instead of faulting it in again each time."""
-    with sampling.keep_heap_memory() as applied:
-        kept = _faults_per_round()
+    """Sampler threads reuse freed memory instead of faulting it in again each time.
+
+    Measured in a fresh process: in this one, earlier tests' sampler threads leave
+    glibc arenas behind whose state a new thread may inherit."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json\n"
+        "from caltars_bayes import sampling\n"
+        "from tests.test_samplers import _faults_per_round\n"
+        "before = _faults_per_round()\n"
+        "with sampling.keep_heap_memory() as applied:\n"
+        "    kept = _faults_per_round()\n"
+        "after = _faults_per_round()\n"
+        "print(json.dumps([applied, before, kept, after]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    applied, before, kept, after = json.loads(out.stdout.strip().splitlines()[-1])
     assert applied
-    default = _faults_per_round()
     assert kept < 100  # 80 MB is 20,480 pages: nearly all reused
-    assert default > 10 * max(kept, 10)  # and the sampling settings are lifted
+    assert before > 10 * max(kept, 10)  # glibc untouched: the pages fault every round
+    assert after > 10 * max(kept, 10)  # and the sampling settings are lifted
 
 
 @pytest.mark.skipif(sampling._glibc() is None, reason="glibc's mallopt only")
