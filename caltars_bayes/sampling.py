@@ -46,7 +46,6 @@ def require_sampler(sampler: str) -> None:
                 )
 
 
-#: Compiled nutpie models kept for reuse: (model signature, compiled model).
 #: nutpie options we set unless the caller does (docs/model.md, "Trajectory length"):
 #:
 #: - ``target_integration_time``: each trajectory runs between
@@ -112,6 +111,7 @@ def _count_depth_hits_against(dt: xr.DataTree, maxdepth: int) -> xr.DataTree:
     return dt
 
 
+#: Compiled nutpie models kept for reuse: (model signature, compiled model).
 _NUTPIE_CACHE: list[tuple[dict[str, Any], Any]] = []
 _NUTPIE_CACHE_SIZE = 4
 
@@ -309,6 +309,8 @@ def run_nuts(
     for nutpie also ``{"backend": "jax"}`` and ``{"gradient_backend": "jax"}``
     (JAX's own gradient instead of PyTensor's); the environment variable
     ``CALTARS_BAYES_NUTPIE_BACKEND`` sets nutpie's default backend, ``numba``).
+    nutpie runs with :data:`NUTPIE_DEFAULTS` where ``nuts`` does not say otherwise,
+    and stores no warmup draws unless ``{"save_warmup": True}``.
     ``initvals``: starting values (constrained scale) by variable name.
     """
     require_sampler(sampler)
