@@ -263,8 +263,9 @@ def loo_moment_match_fit(
     split, cov : see ``arviz_stats.loo_moment_match``.
     model : an already built :class:`~caltars_bayes.unconstrained.UnconstrainedModel`.
     local : move only the held-out unit's own parameters (default): its
-        subject's factors (``theta_raw``/``theta_z``, ``general_z``) and its
-        session's deviations (``zeta``/``zeta_z``), every other coordinate of
+        subject's factors (``theta_raw``/``theta_z``, ``subject_mean``,
+        ``general_z``) and its session's deviations (``zeta``/``zeta_z``),
+        every other coordinate of
         each draw kept. Still an affine map of the draws, so the importance
         weights stay exact; with thousands of parameters, moving all of them
         by importance-weighted moments from a few thousand draws adds more
@@ -414,15 +415,16 @@ def loo_moment_match_fit(
 def _local_columns(um: UnconstrainedModel, data: RatingData, by: str, unit: int) -> np.ndarray:
     """Unconstrained coordinates of a held-out unit's own parameters.
 
-    Its subject's factors (``theta_raw`` or ``theta_z``; ``general_z``) and its
-    session's deviations (``zeta`` or ``zeta_z``).
+    Its subject's factors (``theta_raw`` or ``theta_z``; ``subject_mean``;
+    ``general_z``) and its session's deviations (``zeta`` or ``zeta_z``).
     """
     if by == "session":
         session = unit
     else:
         session = int(np.asarray(data.session_idx)[unit])
     subject = int(np.asarray(data.session_subject_idx)[session])
-    rows = {"theta_raw": subject, "theta_z": subject, "general_z": subject}
+    rows = {"theta_raw": subject, "theta_z": subject, "subject_mean": subject}
+    rows |= {"general_z": subject}
     rows |= {"zeta": session, "zeta_z": session}
     cols = []
     for name, shape, sl in zip(um.names, um._shapes, um._slices, strict=True):

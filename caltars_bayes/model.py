@@ -110,6 +110,10 @@ class ModelPlan:
     bifactor: bool = False
     #: "vector" (a vector of observed ratings) or "dense" (session x judge x item)
     likelihood_layout: str = "vector"
+    #: subject factors and session deviations sampled through each subject's
+    #: average session alliance (:func:`_subject_session_block`); False in fits
+    #: saved before this form existed
+    joint_subject_sessions: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,7 +173,11 @@ def plan_model(
     per_judge = np.bincount(data.judge_idx, minlength=n_judges) / max(data.n_scales, 1)
     per_session = np.bincount(data.session_idx, minlength=data.n_sessions) / max(data.n_scales, 1)
     per_subject = np.bincount(data.subject_idx, minlength=data.n_subjects) / max(data.n_scales, 1)
-    if opt.parameterisation == AUTO:
+    joint = opt.parameterisation == "joint"
+    if joint and not session_level:
+        notes.append("joint subject/session form needs a session level: the auto rule used")
+        joint = False
+    if opt.parameterisation in (AUTO, "joint"):
         centred_p = bool(np.median(per_subject) >= CENTRED_SUBJECT_MIN_RATINGS)
         centred_j = bool(np.median(per_judge) >= CENTRED_JUDGE_MIN_RATINGS)
         centred_s = bool(np.median(per_session) >= CENTRED_SESSION_MIN_RATINGS)
@@ -209,6 +217,7 @@ def plan_model(
         centred_subjects=centred_p,
         centred_judges=centred_j,
         centred_sessions=centred_s,
+        joint_subject_sessions=joint,
         notes=notes,
         covariates=[] if cov_table is None else list(cov_table.columns),
         session_covariates=[] if ses_table is None else list(ses_table.columns),
@@ -456,6 +465,86 @@ def origin_sd(data: RatingData) -> float:
     return float(1.0 / np.sqrt(0.25 * max(float(np.median(n)), 1.0)))
 
 
+def _subject_session_block(
+    chol_cov: pt.TensorVariable,
+    sd_session: pt.TensorVariable,
+    d: RatingData,
+    tau: float,
+    k: int,
+) -> tuple[pt.TensorVariable, pt.TensorVariable]:
+    """Subject factors and session deviations, sampled along what the data see.
+
+    The model is unchanged: ``theta_raw[p] ~ MVN(0, S)`` with ``S`` the factor
+    covariance, and ``zeta[s] ~ Normal(0, sd_session)`` independently. But the
+    ratings of subject ``p`` see only ``u[p] = theta_raw[p] + m[p]`` (``m``
+    the average deviation of p's ``n`` sessions) and each session's departure
+    ``w[s] = zeta[s] - m[p]``. Sampled as ``theta_raw`` and ``zeta``, a rise in
+    ``theta_raw`` offset by a fall in every ``zeta`` of the subject leaves the
+    likelihood unchanged: posterior correlation about -0.8 between a subject's
+    factor and its average deviation on the founding design, a ridge that
+    needs longer trajectories per effective draw (docs/model.md, "What sets
+    the trajectory length now").
+
+    Here, with ``D = diag(sd_session^2) / n`` and standard normal ``b``
+    (``theta_z``) and ``z`` (``zeta_z``):
+
+        u ~ MVN(0, S + D)                           (``subject_mean``, centred)
+        theta_raw = A u + chol(B) b,  A = S (S + D)^-1,  B = D - D (S + D)^-1 D
+        zeta[s] = (u - theta_raw)[p] + sd_session (z[s] - mean of z over p's sessions)
+
+    which gives ``theta_raw`` and ``m = u - theta_raw`` their prior laws,
+    independent of each other (``theta_raw | u`` is the Gaussian conditional),
+    and the within-subject departures theirs (deviations of iid normals from
+    their mean); so ``zeta`` is iid ``Normal(0, sd_session)`` as before.
+    ``u`` is centred because the ratings pin it down; ``b`` is not, because
+    only the prior and the covariates meet ``theta_raw`` given ``u`` (with
+    ``u`` non-centred too the factor correlations mixed badly). The matrices
+    depend on ``n`` only through its distinct values. The average of
+    ``theta_raw`` over subjects is met by nothing but its prior;
+    :func:`_pin_origin` narrows it as for the centred form.
+    """
+    sess_subj = np.asarray(d.session_subject_idx, dtype=np.int64)
+    n_sess = np.bincount(sess_subj, minlength=d.n_subjects)
+    counts, group = np.unique(n_sess, return_inverse=True)
+    if counts.min() < 1:
+        raise ValueError("every subject needs at least one session for the joint form")
+    cov = chol_cov @ chol_cov.T
+    var_s = sd_session**2
+    eye = np.eye(k)
+
+    def conditional(n: float) -> tuple[Any, Any, Any]:
+        """chol(S + D), A and chol(B) for subjects with ``n`` sessions."""
+        dvar = var_s / n
+        s_plus_d = cov + dvar * eye
+        chol_sd = pt.linalg.cholesky(s_plus_d)
+        inv_l_d = solve_triangular(chol_sd, dvar * eye, lower=True)  # L^-1 D
+        sol_d = solve_triangular(chol_sd.T, inv_l_d, lower=False)  # (S + D)^-1 D
+        a_mat = eye - sol_d.T  # S (S + D)^-1 = I - D (S + D)^-1
+        b_mat = dvar * eye - inv_l_d.T @ inv_l_d  # D - D (S + D)^-1 D
+        return chol_sd, a_mat, pt.linalg.cholesky(b_mat)
+
+    b_z = pm.Normal("theta_z", 0.0, 1.0, dims=("subject", "scale"))
+    if counts.size == 1:  # every subject has the same number of sessions
+        chol_sd, a_mat, chol_b = conditional(float(counts[0]))
+        u = pm.MvNormal("subject_mean", mu=np.zeros(k), chol=chol_sd, dims=("subject", "scale"))
+        theta_raw = u @ a_mat.T + b_z @ chol_b.T
+    else:
+        parts = [conditional(float(c)) for c in counts]
+        g = np.asarray(group, dtype=np.int64)
+        chol_sd, a_mat, chol_b = (pt.stack([p[i] for p in parts])[g] for i in range(3))
+        u = pm.MvNormal("subject_mean", mu=np.zeros(k), chol=chol_sd, dims=("subject", "scale"))
+        theta_raw = (a_mat @ u[:, :, None])[:, :, 0] + (chol_b @ b_z[:, :, None])[:, :, 0]
+    _pin_origin(theta_raw, chol_cov, tau, d.n_subjects, k)
+    z = pm.Normal("zeta_z", 0.0, 1.0, dims=("session", "scale"))
+    z_mean = pt.inc_subtensor(pt.zeros((d.n_subjects, k))[sess_subj], z) / n_sess[:, None]
+    zeta = pm.Deterministic(
+        "zeta",
+        (u - theta_raw)[sess_subj] + sd_session * (z - z_mean[sess_subj]),
+        dims=("session", "scale"),
+    )
+    return theta_raw, zeta
+
+
 def _pin_origin(
     theta_raw: pt.TensorVariable, chol_cov: pt.TensorVariable, tau: float, n: int, k: int
 ) -> None:
@@ -644,7 +733,12 @@ class AllianceModel:
             omega = chol @ chol.T
             if n_k > 1 and not plan.bifactor:
                 pm.Deterministic("factor_corr", omega, dims=("scale", "scale2"))
-            if plan.centred_subjects:
+            if plan.joint_subject_sessions:
+                sd_session = prior_rv("sd_session", pr.sd_session, dims="scale")
+                theta_raw, zeta = _subject_session_block(
+                    sd_alliance[:, None] * chol, sd_session, d, origin_sd(d), n_k
+                )
+            elif plan.centred_subjects:
                 chol_cov = sd_alliance[:, None] * chol
                 theta_raw = pm.MvNormal(
                     "theta_raw", mu=np.zeros(n_k), chol=chol_cov, dims=("subject", "scale")
@@ -666,7 +760,9 @@ class AllianceModel:
                 "session_subject_idx", np.asarray(d.session_subject_idx, np.int64), dims="session"
             )
             eta = theta[session_subject]
-            if plan.session_level:
+            if plan.joint_subject_sessions:
+                eta = eta + zeta
+            elif plan.session_level:
                 sd_session = prior_rv("sd_session", pr.sd_session, dims="scale")
                 if plan.centred_sessions:
                     zeta = pm.Normal("zeta", 0.0, sd_session, dims=("session", "scale"))

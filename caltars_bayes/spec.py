@@ -167,7 +167,9 @@ class ModelOptions:
     judge_discrimination: bool | str = AUTO
     judge_subject_interaction: bool = False
     cutpoints: str = "item"  # "item" | "scale"
-    parameterisation: str = AUTO  # "auto" | "centred" | "noncentred"
+    #: "auto" | "centred" | "noncentred" | "joint" (subject factors sampled through
+    #: each subject's average session alliance; judges by the auto rule)
+    parameterisation: str = AUTO
     target_accept: float = 0.9
     bifactor: bool = False  # a general factor besides orthogonal scale factors
     covariates: bool = True  # model subject covariates jointly with the alliance
@@ -211,8 +213,11 @@ class ModelOptions:
             AUTO,
             "centred",
             "noncentred",
+            "joint",
         ):
-            raise SpecError(f'{where}.parameterisation: must be "auto", "centred" or "noncentred"')
+            raise SpecError(
+                f'{where}.parameterisation: must be "auto", "centred", "noncentred" or "joint"'
+            )
         if "target_accept" in table:
             ta = table["target_accept"]
             if isinstance(ta, bool) or not isinstance(ta, float | int) or not 0.5 <= ta < 1:

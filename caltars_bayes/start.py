@@ -77,7 +77,9 @@ def starting_values(data: RatingData, plan: ModelPlan, n_categories: int) -> dic
     theta = subject_mean - subject_mean.mean(axis=0)
     sd_alliance = np.maximum(theta.std(axis=0), _MIN_SD)
     out: dict[str, np.ndarray] = {"sd_alliance": sd_alliance}
-    if plan.centred_subjects:
+    if plan.joint_subject_sessions:
+        pass  # set with the session level below
+    elif plan.centred_subjects:
         out["theta_raw"] = theta
     else:
         out["theta_z"] = theta / sd_alliance  # factor correlations start at 0
@@ -88,9 +90,23 @@ def starting_values(data: RatingData, plan: ModelPlan, n_categories: int) -> dic
         zeta = 0.5 * (zeta - subject_mean[np.asarray(data.session_subject_idx)])
         sd_session = np.maximum(zeta.std(axis=0), _MIN_SD)
         out["sd_session"] = sd_session
-        out["zeta" if plan.centred_sessions else "zeta_z"] = (
-            zeta if plan.centred_sessions else zeta / sd_session
-        )
+        if plan.joint_subject_sessions:
+            # the subject's average over its sessions, each session's departure
+            # from it, and theta_raw at its conditional mean given that average
+            ss = np.asarray(data.session_subject_idx)
+            n_sess = np.bincount(ss, minlength=n_p)[:, None]
+            z = zeta / sd_session
+            z_mean = np.zeros((n_p, n_k))
+            np.add.at(z_mean, ss, z)
+            z_mean /= n_sess
+            zeta_mean = z_mean * sd_session
+            out["subject_mean"] = theta + zeta_mean
+            out["theta_z"] = np.zeros((n_p, n_k))
+            out["zeta_z"] = z - z_mean[ss]
+        else:
+            out["zeta" if plan.centred_sessions else "zeta_z"] = (
+                zeta if plan.centred_sessions else zeta / sd_session
+            )
         v = v + sd_session**2
     stretch = np.sqrt(1.0 + float(np.mean(v)) / 3.29)
     cuts = item_cuts * stretch

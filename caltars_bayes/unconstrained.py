@@ -52,7 +52,7 @@ _PLAN_FIELDS = (
     "session_level", "session_trend", "judge_severity", "judge_discrimination",
     "judge_subject_interaction", "cutpoints", "centred_subjects", "centred_judges",
     "centred_sessions", "covariates", "session_covariates", "covariate_scaling",
-    "session_covariate_scaling", "bifactor",
+    "session_covariate_scaling", "bifactor", "joint_subject_sessions",
 )  # fmt: skip
 
 

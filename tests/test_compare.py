@@ -299,7 +299,8 @@ def test_local_moment_matching_moves_only_the_units_own_parameters(prior_model):
     s = data.n_sessions - 1
     p = int(np.asarray(data.session_subject_idx)[s])
     labels = [um.labels[c] for c in compare._local_columns(um, data, "session", s)]
-    theta = [f"{n}[{p},{k}]" for n in ("theta_raw", "theta_z") for k in range(data.n_scales)]
+    names = ("theta_raw", "theta_z", "subject_mean")
+    theta = [f"{n}[{p},{k}]" for n in names for k in range(data.n_scales)]
     zeta = [f"{n}[{s},{k}]" for n in ("zeta", "zeta_z") for k in range(data.n_scales)]
     general = [f"general_z[{p}]"]
     expected = [lab for lab in um.labels if lab in {*theta, *zeta, *general}]

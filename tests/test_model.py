@@ -221,6 +221,53 @@ def test_subject_origin_potential_leaves_the_deviations_exact(founding_data):
     np.testing.assert_allclose(diffs, expected, rtol=1e-8)
 
 
+def test_joint_form_keeps_the_prior_of_subjects_and_sessions(caltars):
+    """``parameterisation = "joint"`` samples theta through each subject's average
+    session alliance. The prior must stay the separate form's: zeta iid
+    Normal(0, sd_session), independent of the subject factors, whose covariance
+    is the factor model's - also with unequal numbers of sessions per subject."""
+    data = simulate_trial(
+        caltars, n_subjects=8, n_sessions=4, min_sessions=1, n_judges=2, seed=3
+    ).to_rating_data()
+    ss = np.asarray(data.session_subject_idx)
+    n_sess = np.bincount(ss, minlength=data.n_subjects)
+    assert np.unique(n_sess).size > 1 and n_sess.min() == 1  # the per-group path
+    am = AllianceModel(data, options=ModelOptions(parameterisation="joint"))
+    assert am.plan.joint_subject_sessions
+    m = am.model
+    assert {"subject_mean", "theta_z", "zeta_z"} <= {v.name for v in m.free_RVs}
+    assert "theta_raw" not in m.named_vars
+    assert np.isfinite(m.compile_logp()(m.initial_point()))
+    theta, zeta, sd_a, sd_s, omega = pm.draw(
+        [m["theta"], m["zeta"], m["sd_alliance"], m["sd_session"], m["factor_corr"]],
+        draws=4000,
+        random_seed=1,
+    )
+    z = zeta / sd_s[:, None, :]  # (draw, session, scale): iid standard normal
+    assert np.abs(z.mean(axis=0)).max() < 0.07
+    assert np.abs(z.var(axis=0) - 1.0).max() < 0.12
+    t = theta / sd_a[:, None, :]  # centred over subjects: covariance (1 - 1/N) Omega
+    shrink = 1.0 - 1.0 / data.n_subjects
+    resid = t[:, :, :, None] * t[:, :, None, :] - shrink * omega[:, None]
+    assert np.abs(resid.mean(axis=0)).max() < 0.12
+    for s in range(data.n_sessions):  # no correlation within a subject
+        p = ss[s]
+        r_theta = [np.corrcoef(z[:, s, k], t[:, p, k])[0, 1] for k in range(data.n_scales)]
+        assert np.abs(r_theta).max() < 0.07, (s, r_theta)
+        others = np.flatnonzero((ss == p) & (np.arange(data.n_sessions) != s))
+        for o in others:
+            r = [np.corrcoef(z[:, s, k], z[:, o, k])[0, 1] for k in range(data.n_scales)]
+            assert np.abs(r).max() < 0.07, (s, o, r)
+
+
+def test_joint_form_needs_a_session_level(caltars):
+    data = simulate_trial(caltars, n_subjects=10, n_sessions=1, seed=2).to_rating_data()
+    plan = plan_model(data, ModelOptions(parameterisation="joint"))
+    assert not plan.session_level and not plan.joint_subject_sessions
+    assert any("joint subject/session form needs a session level" in n for n in plan.notes)
+    assert not plan_model(data).joint_subject_sessions  # never by default
+
+
 def test_options_switch_parts(founding_data):
     opts = ModelOptions(
         session_trend=True,

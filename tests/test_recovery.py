@@ -8,11 +8,14 @@ parameters.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import xarray as xr
 
 from caltars_bayes.fit import fit_model
+from caltars_bayes.model import AllianceModel
 from caltars_bayes.simulate import simulate_trial
 
 pytestmark = pytest.mark.slow
@@ -127,6 +130,27 @@ def test_sparse_many_judges_recovery(caltars):
     assert 0.75 <= cov.mean() <= 0.98, cov.mean()
     assert (theta_correlations(fit, trial.truth) >= 0.85).all()
     assert fit.diagnostics.divergences == 0
+
+
+def test_joint_form_recovery(caltars):
+    """``parameterisation = "joint"`` (subject factors through each subject's
+    average session alliance) fits the same model: it recovers a trial with
+    unequal numbers of sessions per subject as the default form does."""
+    trial = simulate_trial(caltars, n_subjects=40, min_sessions=2, seed=31, factor_corr=0.4)
+    data = trial.to_rating_data()
+    assert np.unique(np.bincount(np.asarray(data.session_subject_idx))).size > 1
+    options = replace(data.instrument.model, parameterisation="joint")
+    fit = fit_model(data, model=AllianceModel(data, options=options), random_seed=31, **DRAWS)
+    assert fit.plan.joint_subject_sessions
+    cov = covered(fit, trial.truth, [*PARAMS, "sd_session", "sd_alliance"])
+    assert 0.75 <= cov.mean() <= 0.98, cov.mean()
+    assert (theta_correlations(fit, trial.truth) >= 0.9).all()
+    est = fit.posterior["zeta"].mean(("chain", "draw"))
+    tru = trial.truth["zeta"].sel(session=est.session)
+    r = [np.corrcoef(est.sel(scale=k), tru.sel(scale=k))[0, 1] for k in est.scale.values]
+    assert min(r) > 0.5, r
+    assert fit.diagnostics.divergences == 0
+    assert fit.diagnostics.max_rhat < 1.05
 
 
 def test_self_report_single_judge(tmp_path):

@@ -29,18 +29,20 @@ def test_rating_scores_are_ordered_and_centred(trial):
     assert abs(np.median(score)) < 1.0
 
 
-@pytest.mark.parametrize("parameterisation", ["centred", "noncentred"])
+@pytest.mark.parametrize("parameterisation", ["centred", "noncentred", "joint"])
 def test_starting_values_track_the_truth(trial, parameterisation):
     data = trial.to_rating_data()
     am = AllianceModel(data, options=ModelOptions(parameterisation=parameterisation))
     start = starting_values(data, am.plan, data.instrument.n_categories)
     free = {rv.name for rv in am.model.free_RVs}
     assert set(start) <= free, set(start) - free  # only the model's own variables
-    theta = (
-        start["theta_raw"]
-        if am.plan.centred_subjects
-        else (start["theta_z"] * start["sd_alliance"])
-    )
+    if am.plan.joint_subject_sessions:  # the subject's average over its sessions
+        theta = start["subject_mean"]
+        assert set(start) >= {"subject_mean", "theta_z", "zeta_z"}
+    elif am.plan.centred_subjects:
+        theta = start["theta_raw"]
+    else:
+        theta = start["theta_z"] * start["sd_alliance"]
     true_theta = trial.truth["theta"].values
     for k in range(data.n_scales):
         assert np.corrcoef(theta[:, k], true_theta[:, k])[0, 1] > 0.8
