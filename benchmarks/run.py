@@ -1,6 +1,6 @@
 """Benchmark the joint model on simulated trials (``make bench``).
 
-Four sections, each selectable with ``--only`` (comma-separated):
+Five sections, each selectable with ``--only`` (comma-separated):
 
 ``founding``
     The founding design (52 subjects x 4 sessions x 3 judges, all 30 CALTARS
@@ -21,6 +21,10 @@ Four sections, each selectable with ``--only`` (comma-separated):
     Pathfinder and ADVI against NUTS on the founding design: error of the
     posterior means in posterior-SD units and the ratio of 95% HDI widths
     (:func:`caltars_bayes.approx.compare_posteriors`).
+``large``
+    The 10x design with settings for large designs, not the defaults
+    (``LARGE_SETTINGS``: the joint subject/session form and trajectories
+    capped at 2.7), with the founding section's columns.
 
 Every case runs in its own process (clean peak memory). Raw results are kept
 in a JSON file beside the markdown (``results.json``), so rerunning one
@@ -47,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("founding", "scaling", "single", "approx")
+SECTIONS = ("founding", "scaling", "single", "approx", "large")
 
 #: name, subjects, sessions, judges, chains, tune, draws, sampler, covariates
 DEFAULT_CASES = [
@@ -65,6 +69,15 @@ APPROX_METHODS = ("advi", "pathfinder")
 #: the smoke run compares one method (the code path is the same for each)
 TINY_APPROX_METHODS = ("advi",)
 TINY_APPROX_OPTIONS = {"pathfinder": {"paths": 2, "maxiter": 60}, "advi": {"iterations": 800}}
+
+#: the "large" section: the 10x case with settings for large designs (model
+#: options, nutpie options); docs/model.md, "What sets the trajectory length now"
+LARGE_SETTINGS: dict[str, dict[str, Any]] = {
+    "options": {"parameterisation": "joint"},
+    "nuts": {"target_integration_time": 2.7},
+}
+LARGE_MULTIPLE = 10
+TINY_LARGE_MULTIPLE = 2
 
 #: the issue's targets (2-core machine)
 TARGET_FOUNDING_S = 60.0
@@ -143,15 +156,25 @@ def run_case(
     measure_gradient: bool = False,
     summary_out: str | None = None,
     gradient_seconds: float = 2.0,
+    options: dict[str, Any] | None = None,
+    nuts: dict[str, Any] | None = None,
 ) -> dict:
-    """Simulate, fit and measure one case (runs inside a child process)."""
+    """Simulate, fit and measure one case (runs inside a child process).
+
+    ``options`` replace the instrument's model options; ``nuts`` go to the sampler.
+    """
     t0 = time.perf_counter()
+    from dataclasses import replace
+
     from caltars_bayes import AllianceModel, fit_model
 
     t_import = time.perf_counter() - t0
     data = _simulate(subjects, sessions, judges, covariates, seed)
+    model_options = replace(data.instrument.model, **(options or {}))
     fit = fit_model(
         data,
+        model=AllianceModel(data, options=model_options),
+        nuts=dict(nuts or {}),
         draws=draws,
         tune=tune,
         chains=chains,
@@ -192,13 +215,15 @@ def run_case(
         "converged": d.converged,
         "verdict": d.banner(),  # why not converged, when it is not
         "max_treedepth_hits": d.treedepth_hits,
+        "joint_subject_sessions": fit.plan.joint_subject_sessions,
+        "nuts": fit.meta["nuts"],
         "peak_memory_mb": peak_mb,
     }
     if summary_out:
         fit.summary().to_csv(summary_out, index=False)
     if measure_gradient:
         out["ms_per_gradient"], out["gradient_backend"] = time_gradient(
-            AllianceModel(data).model, gradient_seconds
+            AllianceModel(data, options=model_options).model, gradient_seconds
         )
     return out
 
@@ -371,6 +396,33 @@ def section_scaling(
         if on_row is not None:
             on_row({"rows": rows})
     return {"rows": rows}
+
+
+def section_large(tiny: bool, seed: int) -> dict:
+    """The 10x case (2x when tiny) with :data:`LARGE_SETTINGS`."""
+    base = (TINY_CASES if tiny else DEFAULT_CASES)[0]
+    mult = TINY_LARGE_MULTIPLE if tiny else LARGE_MULTIPLE
+    t = LARGE_SETTINGS["nuts"]["target_integration_time"]
+    spec = (f"{mult}x, joint form, t = {t}", base[1] * mult, *base[2:])
+    print(f"running {spec[0]} ...", flush=True)
+    out = _child(
+        "case",
+        **_case_kwargs(spec, seed),
+        measure_gradient=True,
+        gradient_seconds=0.3 if tiny else 2.0,
+        **LARGE_SETTINGS,
+    )
+    print(json.dumps(out, indent=1), flush=True)
+    return {"rows": [{"name": spec[0], "spec": list(spec[1:]), "result": out}], **LARGE_SETTINGS}
+
+
+def md_large(sec: dict) -> list[str]:
+    return [
+        f"Not the defaults: model options {json.dumps(sec['options'])}, nutpie options "
+        f'{json.dumps(sec["nuts"])} (docs/model.md, "What sets the trajectory length now").',
+        "",
+        *md_founding(sec),
+    ]
 
 
 def section_single(tiny: bool) -> dict:
@@ -630,6 +682,22 @@ def md_targets(res: dict) -> list[str]:
             + ("" if inside is None else f", {inside:.2f}x inside the sampler (est.)")
             + f" | {_met(ok)} (at most 1.25x the 1x cost) |"
         )
+    lg = res.get("large", {}).get("rows")
+    if lg:
+        o = lg[0]["result"]
+        ok = (
+            o["total_s"] <= TARGET_10X_S
+            and o["peak_memory_mb"] <= TARGET_10X_MB
+            and o["converged"]
+            and o["divergences"] == 0
+        )
+        lines.append(
+            f"| {lg[0]['name']} (settings for large designs, not the defaults) <= "
+            f"{TARGET_10X_S / 60:.0f} min, <= {TARGET_10X_MB / 1024:.0f} GB, converged "
+            f"| {o['total_s']:.0f} s, {o['peak_memory_mb']:.0f} MB, min bulk ESS "
+            f"{o['min_ess_bulk']:.0f}, {o['divergences']} divergences, converged "
+            f"{o['converged']} | {_met(ok)} |"
+        )
     sg = res.get("single")
     if sg:
         o = sg["caltars_single"]
@@ -682,6 +750,7 @@ def render(res: dict, tiny: bool) -> str:
         "scaling": ("Scaling: 1x, 3x, 10x subjects", md_scaling),
         "single": ("Single scale: the brms-equivalent benchmark", md_single),
         "approx": ("Approximate mode (APPROXIMATE, not MCMC) against NUTS", md_approx),
+        "large": ("10x subjects with settings for large designs", md_large),
     }
     for key in SECTIONS:
         if key not in res:
@@ -744,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
                     new = section_scaling(a.tiny, a.seed, fnd, mults, partial)
                 elif sec == "single":
                     new = section_single(a.tiny)
+                elif sec == "large":
+                    new = section_large(a.tiny, a.seed)
                 else:
                     fnd = res.get("founding") if "founding" in only else None
                     new = section_approx(a.tiny, a.seed, fnd)

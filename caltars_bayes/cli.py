@@ -156,6 +156,10 @@ def _fit_save(args: argparse.Namespace, data, out: Path):
     nuts = {}
     if args.target_accept is not None:
         nuts["target_accept"] = args.target_accept
+    if getattr(args, "integration_time", None) is not None:
+        if args.sampler != "nutpie":
+            raise CaltarsError("--integration-time: applies to the nutpie sampler only")
+        nuts["target_integration_time"] = args.integration_time or None  # 0: plain NUTS
     method = getattr(args, "method", "nuts")
     how = (
         f"with {args.sampler}: {args.chains} chains x ({args.tune} tune + {args.draws} draws)"
@@ -236,6 +240,16 @@ def _write_borrowed(fit, borrowed, out: Path) -> None:
     print(conflict.attrs["summary"])
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--tune", type=int, default=1000)
@@ -243,6 +257,14 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sampler", choices=["nutpie", "pymc", "numpyro", "blackjax"], default="nutpie")
     p.add_argument("--target-accept", type=float, default=None)
+    p.add_argument(
+        "--integration-time",
+        type=_non_negative,
+        default=None,
+        help="nutpie: cap on a trajectory's length in the sampler's scaled units "
+        "(default 3.2; 2.7 for ten times the founding design and larger with "
+        'parameterisation = "joint"; 0 for plain NUTS). See docs/model.md',
+    )
     p.add_argument(
         "--method",
         choices=["nuts", "advi", "pathfinder", "fullrank_advi"],

@@ -265,12 +265,12 @@ def loo_moment_match_fit(
     local : move only the held-out unit's own parameters (default): its
         subject's factors (``theta_raw``/``theta_z``, ``subject_mean``,
         ``general_z``) and its session's deviations (``zeta``/``zeta_z``),
-        every other coordinate of
-        each draw kept. Still an affine map of the draws, so the importance
-        weights stay exact; with thousands of parameters, moving all of them
-        by importance-weighted moments from a few thousand draws adds more
-        noise than it removes (on a founding-design fit: 0 of 17 high-k sessions
-        improved with ``local=False``). Each unit is then matched on its own.
+        every other coordinate of each draw kept. Still an affine map of the
+        draws, so the importance weights stay exact; with thousands of
+        parameters, moving all of them by importance-weighted moments from a
+        few thousand draws adds more noise than it removes (on a
+        founding-design fit: 0 of 17 high-k sessions improved with
+        ``local=False``). Each unit is then matched on its own.
 
     Returns
     -------

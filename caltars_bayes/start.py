@@ -77,8 +77,8 @@ def starting_values(data: RatingData, plan: ModelPlan, n_categories: int) -> dic
     theta = subject_mean - subject_mean.mean(axis=0)
     sd_alliance = np.maximum(theta.std(axis=0), _MIN_SD)
     out: dict[str, np.ndarray] = {"sd_alliance": sd_alliance}
-    if plan.joint_subject_sessions:
-        pass  # set with the session level below
+    if plan.joint_subject_sessions:  # set with the session level below
+        pass
     elif plan.centred_subjects:
         out["theta_raw"] = theta
     else:
@@ -94,13 +94,9 @@ def starting_values(data: RatingData, plan: ModelPlan, n_categories: int) -> dic
             # the subject's average over its sessions, each session's departure
             # from it, and theta_raw at its conditional mean given that average
             ss = np.asarray(data.session_subject_idx)
-            n_sess = np.bincount(ss, minlength=n_p)[:, None]
             z = zeta / sd_session
-            z_mean = np.zeros((n_p, n_k))
-            np.add.at(z_mean, ss, z)
-            z_mean /= n_sess
-            zeta_mean = z_mean * sd_session
-            out["subject_mean"] = theta + zeta_mean
+            z_mean = np.stack([_group_mean(z[:, k], ss, n_p) for k in range(n_k)], axis=1)
+            out["subject_mean"] = theta + z_mean * sd_session
             out["theta_z"] = np.zeros((n_p, n_k))
             out["zeta_z"] = z - z_mean[ss]
         else:

@@ -50,6 +50,15 @@ def test_benchmark_script_tiny(tmp_path, monkeypatch):
     assert [r[1] for r in scaling] == ["720", "1440"]
     assert all(float(r[2]) > 0 for r in scaling) and scaling[0][4] == "1.00"
     assert "| 10x subjects <= 10 min, <= 4 GB | not run; largest run 2x:" in text
+    # settings for large designs: the joint form and the cap, applied and stated
+    large = _table(text, "## 10x subjects with settings for large designs")
+    assert [r[:2] for r in large] == [["2x, joint form, t = 2.7", "1440"]]
+    assert "Not the defaults: model options" in text
+    assert "(settings for large designs, not the defaults) <= 10 min" in text
+    raw = json.loads(out.with_suffix(".json").read_text())["sections"]["large"]["rows"][0]
+    assert raw["result"]["joint_subject_sessions"] is True
+    assert raw["result"]["nuts"]["target_integration_time"] == 2.7
+    assert raw["result"]["divergences"] >= 0 and raw["result"]["sampling_s"] > 0
     # single scale: both models fitted on the anchor trial's scale 1 (4 subjects x 72)
     single = _table(text, "## Single scale")
     ours = [r for r in single if "this run" in r[0]]
