@@ -346,19 +346,25 @@ def _case_kwargs(spec: tuple, seed: int) -> dict[str, Any]:
     }
 
 
+def _measure_case(spec: tuple, seed: int, tiny: bool, **extra: Any) -> dict:
+    """Fit one case in a child process, timing its gradient too; print and return it."""
+    out = _child(
+        "case",
+        **_case_kwargs(spec, seed),
+        measure_gradient=True,
+        gradient_seconds=0.3 if tiny else 2.0,
+        **extra,
+    )
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
 def section_founding(tiny: bool, seed: int, work: Path) -> dict:
     rows = []
     for spec in TINY_CASES if tiny else DEFAULT_CASES:
         print(f"running {spec[0]} ...", flush=True)
         summary = work / f"nuts_summary_{len(rows)}.csv"
-        out = _child(
-            "case",
-            **_case_kwargs(spec, seed),
-            summary_out=str(summary),
-            measure_gradient=True,
-            gradient_seconds=0.3 if tiny else 2.0,
-        )
-        print(json.dumps(out, indent=1), flush=True)
+        out = _measure_case(spec, seed, tiny, summary_out=str(summary))
         rows.append(
             {"name": spec[0], "spec": list(spec[1:]), "result": out, "summary": str(summary)}
         )
@@ -385,13 +391,7 @@ def section_scaling(
             print("scaling 1x: the founding section's run", flush=True)
         else:
             print(f"running scaling {mult}x ({spec[1]} subjects) ...", flush=True)
-            out = _child(
-                "case",
-                **_case_kwargs(spec, seed),
-                measure_gradient=True,
-                gradient_seconds=0.3 if tiny else 2.0,
-            )
-            print(json.dumps(out, indent=1), flush=True)
+            out = _measure_case(spec, seed, tiny)
         rows.append({"multiple": mult, "spec": list(spec[1:]), "result": out})
         if on_row is not None:
             on_row({"rows": rows})
@@ -405,14 +405,7 @@ def section_large(tiny: bool, seed: int) -> dict:
     t = LARGE_SETTINGS["nuts"]["target_integration_time"]
     spec = (f"{mult}x, joint form, t = {t}", base[1] * mult, *base[2:])
     print(f"running {spec[0]} ...", flush=True)
-    out = _child(
-        "case",
-        **_case_kwargs(spec, seed),
-        measure_gradient=True,
-        gradient_seconds=0.3 if tiny else 2.0,
-        **LARGE_SETTINGS,
-    )
-    print(json.dumps(out, indent=1), flush=True)
+    out = _measure_case(spec, seed, tiny, **LARGE_SETTINGS)
     return {"rows": [{"name": spec[0], "spec": list(spec[1:]), "result": out}], **LARGE_SETTINGS}
 
 
