@@ -173,7 +173,7 @@ def run_case(
     model_options = replace(data.instrument.model, **(options or {}))
     fit = fit_model(
         data,
-        model=AllianceModel(data, options=model_options),
+        model=AllianceModel(data, options=model_options, sampler=sampler),
         nuts=dict(nuts or {}),
         draws=draws,
         tune=tune,
