@@ -199,6 +199,8 @@ def run_case(
         "build_s": t["build_s"],
         "compile_s": t["compile_s"],
         "sampling_s": t["sampling_s"],
+        # deterministics computed after sampling (large models; 0 when nutpie stored them)
+        "deterministics_s": t.get("deterministics_s", 0.0),
         "total_s": t["total_s"],
         "steps_per_draw": steps,
         "tune_steps_per_iteration": tune_steps / max(tune * chains, 1),

@@ -141,19 +141,26 @@ def _stats(a: np.ndarray, probs: tuple[float, float]) -> tuple[np.ndarray, ...]:
 
 
 def convergence_stats(
-    x: np.ndarray, probs: tuple[float, float] = TAIL_PROBS, chunk: int = 1000
+    x: np.ndarray,
+    probs: tuple[float, float] = TAIL_PROBS,
+    chunk: int = 256,
+    columns: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rank-normalised split R-hat, bulk ESS and tail ESS of (chain, draw, n) draws.
 
     R-hat is NaN with fewer than 2 chains, everything NaN with fewer than 4
-    draws. Parameters are processed ``chunk`` at a time to bound memory.
+    draws. ``columns``: only these parameters (default all), in that order.
+    Parameters are processed ``chunk`` at a time to bound memory (each chunk's
+    temporaries are about ten copies of its draws).
     """
     x = np.asarray(x, dtype=float)
-    c, _, n = x.shape
+    c = x.shape[0]
+    cols = np.arange(x.shape[2]) if columns is None else np.asarray(columns)
+    n = len(cols)
     r, b, t = np.empty(n), np.empty(n), np.empty(n)
     for s in range(0, n, chunk):
         sl = slice(s, min(n, s + chunk))
-        a = np.ascontiguousarray(np.moveaxis(x[:, :, sl], 2, 0))
+        a = np.ascontiguousarray(np.moveaxis(x[:, :, cols[sl]], 2, 0))
         r[sl], b[sl], t[sl] = _stats(a, probs)
         if c < 2:
             r[sl] = np.nan
@@ -194,7 +201,8 @@ def dataset_convergence(
             cols = np.sort(rng.choice(total, size=max_values, replace=False))
             subset[str(name)] = (max_values, total)
         res = [np.full(total, np.nan) for _ in range(3)]
-        for target, vals in zip(res, convergence_stats(flat[:, :, cols], probs), strict=True):
+        stats = convergence_stats(flat, probs, columns=cols)
+        for target, vals in zip(res, stats, strict=True):
             target[cols] = vals
         coords = {d: da.coords[d] for d in other if d in da.coords}
         for key, vals in zip(("rhat", "bulk", "tail"), res, strict=True):

@@ -148,12 +148,18 @@ def _callback(
         return numba.cfunc(sig)(py_fn)
 
 
-def compile_numba_model(model: Any, initial_points: dict[str, Any] | None = None) -> Any:
+def compile_numba_model(
+    model: Any,
+    initial_points: dict[str, Any] | None = None,
+    var_names: list[str] | None = None,
+) -> Any:
     """``nutpie.compile_pymc_model(model, backend="numba")`` with cached callbacks.
 
     Same defaults as nutpie (support-point start with a uniform jitter of every
     free variable, all variables stored); ``initial_points`` overrides the
-    start (constrained scale, by variable name).
+    start (constrained scale, by variable name); ``var_names`` limits the
+    stored variables as nutpie's own argument does (the free variables are
+    always stored).
     """
     from nutpie import compile_pymc as cp
     from pymc.initial_point import make_initial_point_fn
@@ -174,7 +180,7 @@ def compile_numba_model(model: Any, initial_points: dict[str, Any] | None = None
             compute_grad=True,
             join_expanded=True,
             pymc_initial_point_fn=point_fn,
-            var_names=None,
+            var_names=var_names,
         )
     )
     shared = list(dict.fromkeys([*logp_pt.get_shared(), *expand_pt.get_shared()]))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from threadpoolctl import threadpool_limits
 
 from caltars_bayes import sampling
@@ -70,6 +71,58 @@ def test_nutpie_reuses_a_compilation_with_new_data():
     sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 40)), "numba")
     assert len(sampling._NUTPIE_CACHE) == 3
     sampling._NUTPIE_CACHE.clear()
+
+
+def _model_with_deterministics(y: np.ndarray):
+    import pymc as pm
+
+    with pm.Model(coords={"obs": np.arange(len(y)), "group": ["a", "b", "c"]}) as m:
+        mu = pm.Normal("mu", 0.0, 3.0, dims="group")
+        sd = pm.HalfNormal("sd", 2.0)
+        pm.Deterministic("mu_scaled", mu / sd, dims="group")
+        pm.Deterministic("contrast", mu[1:] - mu[0])  # no dims
+        pm.Normal("obs_y", mu[np.arange(len(y)) % 3], sd, observed=y, dims="obs")
+    return m
+
+
+@pytest.mark.parametrize("backend", ["numba", "jax"])
+def test_deterministics_after_sampling_equal_those_stored_while_sampling(backend, monkeypatch):
+    """Large models leave deterministics out of nutpie's stored values and compute
+    them from the kept draws: the posterior is the same, in the same order."""
+    y = np.random.default_rng(4).normal([0.0, 1.0, -2.0] * 20, 1.0)
+    compiled = []
+    real = sampling.compile_nutpie
+
+    def spy(*args, **kwargs):
+        compiled.append(real(*args, **kwargs))
+        return compiled[-1]
+
+    monkeypatch.setattr(sampling, "compile_nutpie", spy)
+    run = dict(draws=100, tune=100, chains=2, sampler="nutpie", random_seed=5, target_accept=0.9)
+    model = _model_with_deterministics(y)
+    posts, timings = {}, {}
+    for mode in ("during", "after"):
+        dt, timings[mode] = sampling.run_nuts(
+            model, nuts={"deterministics": mode, "backend": backend}, progressbar=False, **run
+        )
+        posts[mode] = dt["posterior"].to_dataset()
+    during, after = posts["during"], posts["after"]
+    assert list(after.data_vars) == list(during.data_vars) == [
+        "mu", "sd", "mu_scaled", "contrast"
+    ]  # fmt: skip
+    xr.testing.assert_allclose(during, after)
+    assert after["contrast"].dims == during["contrast"].dims
+    # nutpie stored fewer values per draw (numba models say how many), and the
+    # computation was timed
+    if backend == "numba":
+        assert compiled[1].n_expanded < compiled[0].n_expanded
+    assert "deterministics_s" in timings["after"] and "deterministics_s" not in timings["during"]
+    # "auto": by the size of the deterministics' draws over all iterations
+    assert not sampling.deterministics_after(model, "auto", chains=4, iterations=2000)
+    monkeypatch.setattr(sampling, "DETERMINISTICS_AFTER_BYTES", 8 * 5 * 4 * 2000 - 1)
+    assert sampling.deterministics_after(model, "auto", chains=4, iterations=2000)
+    with pytest.raises(ValueError, match="deterministics must be"):
+        sampling.deterministics_after(model, "later", chains=4, iterations=2000)
 
 
 def test_alliance_models_of_one_design_share_a_compilation(calpas):
