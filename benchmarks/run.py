@@ -23,8 +23,8 @@ Five sections, each selectable with ``--only`` (comma-separated):
     (:func:`caltars_bayes.approx.compare_posteriors`).
 ``large``
     The 10x design with settings for large designs, not the defaults
-    (``LARGE_SETTINGS``: the joint subject/session form and trajectories
-    capped at 2.7), with the founding section's columns.
+    (``LARGE_SETTINGS``: the joint subject/session form, trajectories capped
+    at 2.7 and data-based starting values), with the founding section's columns.
 
 Every case runs in its own process (clean peak memory). Raw results are kept
 in a JSON file beside the markdown (``results.json``), so rerunning one
@@ -74,7 +74,7 @@ TINY_APPROX_OPTIONS = {"pathfinder": {"paths": 2, "maxiter": 60}, "advi": {"iter
 #: options, nutpie options); docs/model.md, "What sets the trajectory length now"
 LARGE_SETTINGS: dict[str, dict[str, Any]] = {
     "options": {"parameterisation": "joint"},
-    "nuts": {"target_integration_time": 2.7},
+    "nuts": {"target_integration_time": 2.7, "start": "data"},
 }
 LARGE_MULTIPLE = 10
 TINY_LARGE_MULTIPLE = 2
@@ -219,6 +219,7 @@ def run_case(
         "max_treedepth_hits": d.treedepth_hits,
         "joint_subject_sessions": fit.plan.joint_subject_sessions,
         "nuts": fit.meta["nuts"],
+        "start": fit.meta["start"],
         "peak_memory_mb": peak_mb,
     }
     if summary_out:
@@ -413,7 +414,7 @@ def section_large(tiny: bool, seed: int) -> dict:
 
 def md_large(sec: dict) -> list[str]:
     return [
-        f"Not the defaults: model options {json.dumps(sec['options'])}, nutpie options "
+        f"Not the defaults: model options {json.dumps(sec['options'])}, sampler options "
         f'{json.dumps(sec["nuts"])} (docs/model.md, "What sets the trajectory length now").',
         "",
         *md_founding(sec),

@@ -268,6 +268,7 @@ def fit_model(
     target_accept = float(nuts.pop("target_accept", am.options.target_accept))
     method = method.lower()
     info: dict[str, Any] = {}
+    start = "default"
     if method != "nuts":
         from caltars_bayes.approx import approximate_diagnostics, run_approx
 
@@ -320,6 +321,7 @@ def fit_model(
         "random_seed": random_seed,
         "target_accept": target_accept,
         "nuts": nuts,
+        "start": start if method == "nuts" else None,
         # the options nutpie ran with that the caller did not give
         "sampler_defaults": {k: v for k, v in NUTPIE_DEFAULTS.items() if k not in nuts}
         if sampler == "nutpie"

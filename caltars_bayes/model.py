@@ -35,6 +35,12 @@ Identification (see ``docs/model.md``):
 * judge discrimination: log discriminations sum to zero over judges (geometric
   mean 1), so loadings describe the average judge.
 
+Each item's cutpoints are sampled as their mean and the logs of the gaps
+between neighbours (:class:`CentredOrdered`; same prior, same posterior):
+with PyMC's ``ordered`` transform the lowest cutpoint carries the item's
+location, so the item's location and its first gap are correlated coordinates
+and the lowest cutpoints mixed slowest (see ``docs/model.md``).
+
 Judge parameters are *centred* when judges have many ratings each (their
 likelihood is sharp and a non-centred form would make a funnel the other
 way), non-centred when judges are many and sparse; session deviations the
@@ -332,6 +338,38 @@ def prior_rv(name: str, prior: Prior, **kwargs: Any) -> pt.TensorVariable:
         "StudentT": pm.StudentT,
     }[prior.dist]
     return family(name, **prior.params, **kwargs)
+
+
+class CentredOrdered(pm.distributions.transforms.Transform):
+    """``n`` ordered values from their mean and the logs of their ``n - 1`` gaps.
+
+    ``y[0]`` is the mean of the ordered values and ``y[1:]`` the logs of the
+    gaps between neighbours: ``x = y[0] + s - mean(s)`` with ``s`` the running
+    sum of the gaps (``s_0 = 0``), a constant matrix times ``exp(y[1:])``.
+    PyMC's ``ordered`` transform starts from the lowest value instead, so moving
+    the middle of a set of cutpoints moves the lowest one and every gap against
+    it; here the location and the spacing are separate coordinates. The
+    Jacobian of ``(mean, gaps) -> x`` has determinant 1, so
+    ``log |J| = sum(y[1:])``.
+    """
+
+    name = "centred_ordered"
+    ndim_supp = 1
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        before = np.tri(n, n - 1, -1).T  # [j, k] = 1 where gap j lies below value k
+        self._spread = before - before.mean(axis=1, keepdims=True)
+
+    def backward(self, value, *inputs):
+        return value[..., 0][..., None] + pt.dot(pt.exp(value[..., 1:]), self._spread)
+
+    def forward(self, value, *inputs):
+        loc = value.mean(axis=-1, keepdims=True)
+        return pt.concatenate([loc, pt.log(value[..., 1:] - value[..., :-1])], axis=-1)
+
+    def log_jac_det(self, value, *inputs):
+        return pt.sum(value[..., 1:], axis=-1)
 
 
 def cumulative_logit_logp(
@@ -812,7 +850,7 @@ class AllianceModel:
                 "cutpoints",
                 pr.cutpoint,
                 dims=(cut_rows, "cutpoint"),
-                transform=pm.distributions.transforms.ordered,
+                transform=CentredOrdered(n_cut),
                 initval=init,
             )
 

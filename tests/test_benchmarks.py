@@ -58,6 +58,7 @@ def test_benchmark_script_tiny(tmp_path, monkeypatch):
     raw = json.loads(out.with_suffix(".json").read_text())["sections"]["large"]["rows"][0]
     assert raw["result"]["joint_subject_sessions"] is True
     assert raw["result"]["nuts"]["target_integration_time"] == 2.7
+    assert raw["result"]["start"] == "data"
     assert raw["result"]["divergences"] >= 0 and raw["result"]["sampling_s"] > 0
     # single scale: both models fitted on the anchor trial's scale 1 (4 subjects x 72)
     single = _table(text, "## Single scale")

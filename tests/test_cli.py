@@ -161,9 +161,10 @@ def test_fit_writes_outputs_and_strict_exit_code(sim_dir, tmp_path, capsys):
     assert "NOT CONVERGED" in capsys.readouterr().out
     # rerun without --force is refused, with --force accepted
     assert main(args) == 2
-    assert main([*args, "--force", "--integration-time", "2.7"]) == 0
+    assert main([*args, "--force", "--integration-time", "2.7", "--start", "data"]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["nuts"]["target_integration_time"] == 2.7
+    assert meta["start"] == "data"
     assert "target_integration_time" not in meta["sampler_defaults"]
     with pytest.raises(SystemExit) as bad:  # argparse: one line, exit 2
         main([*args, "--force", "--integration-time", "-1"])

@@ -11,6 +11,7 @@ import pytest
 
 from caltars_bayes.model import (
     AllianceModel,
+    CentredOrdered,
     cumulative_logit_logp,
     origin_sd,
     plan_model,
@@ -173,6 +174,45 @@ def test_sum_to_zero_basis_spans_the_centred_log_loadings():
     # b b' is the projection onto within-group contrasts: iid Normal(0, s)
     # coordinates give exactly the law of iid Normal(mu, s) values centred per group
     np.testing.assert_allclose(b @ b.T, centring, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_cut", [1, 2, 4])
+def test_centred_ordered_transform_is_exact(n_cut):
+    """Cutpoints from (mean, log gaps): inverse of itself, ordered, and its log
+    Jacobian equals the numerical log |det J| (so the prior is unchanged)."""
+    import pytensor
+
+    tr = CentredOrdered(n_cut)
+    y = pt.dmatrix("y")
+    x = tr.backward(y)
+    f = pytensor.function([y], [x, tr.forward(x), tr.log_jac_det(y)])
+    yv = np.random.default_rng(n_cut).normal(size=(3, n_cut))
+    xv, back, log_jac = f(yv)
+    np.testing.assert_allclose(back, yv, atol=1e-12)
+    assert np.all(np.diff(xv, axis=1) > 0)
+    np.testing.assert_allclose(xv.mean(axis=1), yv[:, 0], atol=1e-12)  # y[0] is the mean
+    eps = 1e-6
+    for row in range(3):
+        jac = np.column_stack(
+            [
+                (
+                    f(yv[[row]] + eps * np.eye(n_cut)[j])[0][0]
+                    - f(yv[[row]] - eps * np.eye(n_cut)[j])[0][0]
+                )
+                / (2 * eps)
+                for j in range(n_cut)
+            ]
+        )
+        np.testing.assert_allclose(log_jac[row], np.log(abs(np.linalg.det(jac))), atol=1e-7)
+
+
+def test_cutpoints_are_sampled_as_mean_and_log_gaps(founding_data):
+    m = AllianceModel(founding_data).model
+    value = m.rvs_to_values[m["cutpoints"]]
+    assert isinstance(m.rvs_to_transforms[m["cutpoints"]], CentredOrdered)
+    assert value.name == "cutpoints_centred_ordered__"
+    start = m.initial_point()[value.name]
+    np.testing.assert_allclose(start[:, 0], 0.0, atol=1e-12)  # initial cutpoints centred at 0
 
 
 def test_log_loadings_sum_to_zero_per_scale_without_a_free_mean(founding_data):
