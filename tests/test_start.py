@@ -71,9 +71,9 @@ def test_fit_passes_data_based_starts_to_the_sampler(trial, monkeypatch):
     seen = {}
     real = sampling.compile_nutpie
 
-    def spy(model, backend, initial_points=None, gradient_backend=None):
+    def spy(model, backend, initial_points=None, gradient_backend=None, var_names=None):
         seen["initial_points"] = initial_points
-        return real(model, backend, initial_points, gradient_backend)
+        return real(model, backend, initial_points, gradient_backend, var_names)
 
     monkeypatch.setattr(sampling, "compile_nutpie", spy)
     fit = fit_model(data, draws=20, tune=20, chains=2, nuts={"start": "data"}, progressbar=False)
