@@ -102,16 +102,21 @@ class _StepCounter:
 
 
 def _deterministic_values(model: pm.Model) -> int:
-    """Number of values the model's deterministics hold in one draw."""
-    total = 0
+    """Number of values the model's deterministics hold in one draw (from their
+    dims' coords, else their static shapes, else their shapes computed once)."""
+    import pytensor
+
+    total, unknown = 0, []
     for var in model.deterministics:
         dims = model.named_vars_to_dims.get(var.name)
-        if dims and all(model.dim_lengths.get(d) is not None for d in dims):
-            total += int(np.prod([int(model.dim_lengths[d].eval()) for d in dims]))
+        if dims and all(model.coords.get(d) is not None for d in dims):
+            total += int(np.prod([len(model.coords[d]) for d in dims]))
         elif all(n is not None for n in var.type.shape):
             total += int(np.prod(var.type.shape))
         else:
-            total += int(np.prod(var.shape.eval()))
+            unknown.append(var.shape)
+    if unknown:
+        total += sum(int(np.prod(shape)) for shape in pytensor.function([], unknown)())
     return total
 
 
