@@ -132,8 +132,10 @@ def deterministics_after(model: pm.Model, setting: str, chains: int, iterations:
         raise ValueError(
             f"nuts deterministics must be 'auto', 'during' or 'after', not {setting!r}"
         )
-    if setting != "auto" or not model.deterministics:
-        return setting == "after" and bool(model.deterministics)
+    if not model.deterministics or setting == "during":
+        return False
+    if setting == "after":
+        return True
     return 8 * _deterministic_values(model) * chains * iterations > DETERMINISTICS_AFTER_BYTES
 
 
@@ -443,8 +445,9 @@ def run_nuts(
             dt = _count_depth_hits_against(dt, int(nuts.get("maxdepth", NUTPIE_MAXDEPTH)))
         timings = {"compile_s": t1 - t0, "sampling_s": t2 - t1}
         if after:
+            t3 = time.perf_counter()
             dt = add_deterministics(dt, model)
-            timings["deterministics_s"] = time.perf_counter() - t2
+            timings["deterministics_s"] = time.perf_counter() - t3
         dt = _in_model_order(dt, model)
         # tuning trajectories are longer than sampling ones (the mass matrix is
         # still being learned): recorded so that cost per step can be worked out
