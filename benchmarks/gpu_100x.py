@@ -123,7 +123,7 @@ def run(
     layout: str = "dense",
     compare_layouts: bool = False,
     progress: bool = False,
-    start: str = "default",
+    start: str = "auto",
     gradient_backend: str = "jax",
 ) -> dict[str, Any]:
     """Simulate, fit and measure (see the module docstring); returns the result record."""
@@ -192,7 +192,8 @@ def run(
     else:
         nuts = {"chain_method": "vectorized"}
         chain_method = "vectorized"
-    nuts["start"] = start
+    if start != "auto":  # auto: the package's rule (data-based for large designs)
+        nuts["start"] = start
     if max_treedepth is not None:
         key = {"numpyro": "max_tree_depth", "blackjax": "max_num_doublings"}.get(sampler)
         nuts[key or "max_treedepth"] = max_treedepth
@@ -249,7 +250,13 @@ def run(
             "tune": tune,
             "draws": draws,
             "chain_method": chain_method,
-            "start": start,
+            "start": fit.meta["start"],
+            "joint_subject_sessions": fit.plan.joint_subject_sessions,
+            "large_design": fit.plan.large_design,
+            # nutpie's trajectory cap (given or the package's default)
+            "integration_time": {**fit.meta["sampler_defaults"], **fit.meta["nuts"]}.get(
+                "target_integration_time"
+            ),
             "gradient_backend": gradient_backend if sampler == "nutpie" else "jax",
             "seed": seed,
         },
@@ -300,7 +307,13 @@ def markdown(r: dict[str, Any]) -> str:
             f"{'founding covariates' if dz['covariates'] else 'no covariates'}. "
             f"{st['sampler']}, {st['chains']} chains ({st['chain_method']}) x ({st['tune']} tune "
             f"+ {st['draws']} draws), seed {st['seed']}, {st['start']} starting values; "
-            f"{st['likelihood_layout']} likelihood layout.",
+            f"{st['likelihood_layout']} likelihood layout; "
+            f"{'joint' if st.get('joint_subject_sessions') else 'default'} subject/session form"
+            + (
+                f"; trajectories capped at {st['integration_time']}."
+                if st.get("integration_time")
+                else "."
+            ),
             "",
             "One log-density gradient (1 chain / 4 chains vectorised): "
             + (
@@ -346,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--start",
-        choices=["default", "data"],
-        default="default",
-        help="starting values: the model's defaults or data-based (caltars_bayes.start; "
-        "no shorter tuning at 3x the founding subjects, untried at 100x)",
+        choices=["auto", "default", "data"],
+        default="auto",
+        help="starting values: the model's defaults or data-based (caltars_bayes.start); "
+        "auto (the package's rule): data-based for large designs such as 100x",
     )
     ap.add_argument(
         "--gradient-backend",

@@ -160,7 +160,7 @@ def _fit_save(args: argparse.Namespace, data, out: Path):
         if args.sampler != "nutpie":
             raise CaltarsError("--integration-time: applies to the nutpie sampler only")
         nuts["target_integration_time"] = args.integration_time or None  # 0: plain NUTS
-    if getattr(args, "start", "default") != "default":
+    if getattr(args, "start", "auto") != "auto":
         nuts["start"] = args.start
     method = getattr(args, "method", "nuts")
     how = (
@@ -264,15 +264,15 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
         type=_non_negative,
         default=None,
         help="nutpie: cap on a trajectory's length in the sampler's scaled units "
-        "(default 3.2; 2.7 for ten times the founding design and larger with "
-        'parameterisation = "joint"; 0 for plain NUTS). See docs/model.md',
+        "(default 3.2; 2.7 for large designs; 0 for plain NUTS). See docs/model.md",
     )
     p.add_argument(
         "--start",
-        choices=["default", "data"],
-        default="default",
+        choices=["auto", "default", "data"],
+        default="auto",
         help="where the chains start: the prior's centre (default) or values from "
-        "simple summaries of the ratings (data; shortens tuning for large designs)",
+        "simple summaries of the ratings (data; shortens tuning for large designs); "
+        "auto: data for large designs, else default",
     )
     p.add_argument(
         "--method",

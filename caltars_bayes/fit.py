@@ -37,8 +37,8 @@ from caltars_bayes.errors import FitIOError
 from caltars_bayes.hypotheses import Hypotheses
 from caltars_bayes.io import atomic_write_dir, json_writer
 from caltars_bayes.model import AllianceModel, ModelPlan
-from caltars_bayes.sampling import NUTPIE_DEFAULTS, run_nuts
-from caltars_bayes.spec import Instrument, instrument_from_dict
+from caltars_bayes.sampling import nutpie_defaults, run_nuts
+from caltars_bayes.spec import AUTO, Instrument, instrument_from_dict
 
 FORMAT_VERSION = 1
 CI_PROB = 0.95
@@ -246,7 +246,10 @@ def fit_model(
     random_seed : seed; the same seed and sampler give the same draws.
     nuts : extra sampler options, e.g. ``{"target_accept": 0.95, "max_treedepth": 12}``;
         ``{"start": "data"}`` starts the chains from data-based values
-        (:mod:`caltars_bayes.start`; for designs with thousands of subjects).
+        (:mod:`caltars_bayes.start`), ``"default"`` from the prior's centre;
+        unless given, large designs (``plan.large_design``) start from the data,
+        and those with many session deviations (``plan.short_trajectory_cap``) run
+        nutpie with :data:`~caltars_bayes.sampling.LARGE_DESIGN_NUTPIE`.
     model : an already built :class:`AllianceModel` (to reuse a compiled graph).
     method : ``"nuts"`` (default), or an APPROXIMATE method for quick looks:
         ``"pathfinder"``, ``"advi"`` or ``"fullrank_advi"`` (see
@@ -284,9 +287,11 @@ def fit_model(
         diag = approximate_diagnostics(dt["posterior"].to_dataset(), info)
         sampler, tune, chains, nuts = method, 0, 1, {}
     else:
-        start = nuts.pop("start", "default")
-        if start not in ("default", "data"):
-            raise ValueError(f"nuts start must be 'default' or 'data', got {start!r}")
+        start = nuts.pop("start", AUTO)
+        if start not in (AUTO, "default", "data"):
+            raise ValueError(f"nuts start must be 'auto', 'default' or 'data', got {start!r}")
+        if start == AUTO:
+            start = "data" if am.plan.large_design else "default"
         initvals = None
         if start == "data":
             from caltars_bayes.start import starting_values
@@ -304,6 +309,7 @@ def fit_model(
             nuts=nuts,
             progressbar=progressbar,
             cores=cores,
+            short_cap=am.plan.short_trajectory_cap,
         )
         dt = _tidy(dt)
         diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
@@ -323,7 +329,9 @@ def fit_model(
         "nuts": nuts,
         "start": start if method == "nuts" else None,
         # the options nutpie ran with that the caller did not give
-        "sampler_defaults": {k: v for k, v in NUTPIE_DEFAULTS.items() if k not in nuts}
+        "sampler_defaults": {
+            k: v for k, v in nutpie_defaults(am.plan.short_trajectory_cap).items() if k not in nuts
+        }
         if sampler == "nutpie"
         else {},
         "method": "NUTS" if method == "nuts" else method,

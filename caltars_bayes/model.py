@@ -86,6 +86,21 @@ CENTRED_JUDGE_MIN_RATINGS = 60
 CENTRED_SESSION_MIN_RATINGS = 60
 #: Ratings per subject (per scale) from which subject factors are centred.
 CENTRED_SUBJECT_MIN_RATINGS = 40
+#: Sessions from which a design with a session level counts as large: there
+#: ``parameterisation = "auto"`` samples subjects and sessions in the joint form,
+#: and a joint-form fit of a large design starts from the data (docs/model.md,
+#: "Large designs"). Measured (seed 1, 4 x (1000 + 1000)): at the founding size
+#: (208 sessions) the default form met the targets in less time; at 3x (624)
+#: and 10x (2,080), and on a 2-scale self-report design of 600 sessions, the
+#: joint form gave more ESS per second.
+LARGE_DESIGN_SESSIONS = 400
+#: Session deviations (sessions x scales) from which a large design's nutpie
+#: trajectories are capped at :data:`caltars_bayes.sampling.LARGE_DESIGN_NUTPIE`
+#: instead of the default. The cap suits small step sizes, which come with many
+#: latent values: 0.089-0.110 at 10 400 (CALTARS 10x), 0.14-0.16 at 2 000 (2
+#: scales x 1 000 sessions), but 0.16-0.18 at 1 200 (2 x 600), where t = 2.7
+#: cut a third of the trajectories to 15 steps and lost ESS.
+LARGE_DESIGN_SESSION_SCALES = 2000
 
 
 @dataclass
@@ -120,6 +135,13 @@ class ModelPlan:
     #: average session alliance (:func:`_subject_session_block`); False in fits
     #: saved before this form existed
     joint_subject_sessions: bool = False
+    #: at least :data:`LARGE_DESIGN_SESSIONS` sessions, in the joint form: fits
+    #: start from the data unless told otherwise (False in fits saved before the
+    #: rule existed)
+    large_design: bool = False
+    #: a large design with at least :data:`LARGE_DESIGN_SESSION_SCALES` session
+    #: deviations: nutpie's trajectories are capped at 2.7 unless told otherwise
+    short_trajectory_cap: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,10 +201,17 @@ def plan_model(
     per_judge = np.bincount(data.judge_idx, minlength=n_judges) / max(data.n_scales, 1)
     per_session = np.bincount(data.session_idx, minlength=data.n_sessions) / max(data.n_scales, 1)
     per_subject = np.bincount(data.subject_idx, minlength=data.n_subjects) / max(data.n_scales, 1)
+    big = session_level and data.n_sessions >= LARGE_DESIGN_SESSIONS
     joint = opt.parameterisation == "joint"
     if joint and not session_level:
         notes.append("joint subject/session form needs a session level: the auto rule used")
         joint = False
+    if opt.parameterisation == AUTO and big:
+        joint = True
+        notes.append(
+            f"large design ({data.n_sessions} sessions >= {LARGE_DESIGN_SESSIONS}): subjects "
+            "and sessions sampled in the joint form (docs/model.md, 'Large designs')"
+        )
     if opt.parameterisation in (AUTO, "joint"):
         centred_p = bool(np.median(per_subject) >= CENTRED_SUBJECT_MIN_RATINGS)
         centred_j = bool(np.median(per_judge) >= CENTRED_JUDGE_MIN_RATINGS)
@@ -224,6 +253,10 @@ def plan_model(
         centred_judges=centred_j,
         centred_sessions=centred_s,
         joint_subject_sessions=joint,
+        large_design=big and joint,
+        short_trajectory_cap=big
+        and joint
+        and data.n_sessions * data.n_scales >= LARGE_DESIGN_SESSION_SCALES,
         notes=notes,
         covariates=[] if cov_table is None else list(cov_table.columns),
         session_covariates=[] if ses_table is None else list(ses_table.columns),

@@ -67,6 +67,26 @@ def require_sampler(sampler: str) -> None:
 #:   the mass matrix from a fresh window every this many iterations (10 by
 #:   default); windows of 10 draws give noisy scales and smaller step sizes.
 NUTPIE_DEFAULTS: dict[str, Any] = {"early_window_switch_freq": 100, "target_integration_time": 3.2}
+#: what changes in :data:`NUTPIE_DEFAULTS` for large designs with many session
+#: deviations (``plan.short_trajectory_cap``,
+#: :data:`caltars_bayes.model.LARGE_DESIGN_SESSION_SCALES`). nutpie ends a
+#: trajectory at the latest at the first doubling where 2^depth x step >= t, so
+#: t = 2.7 allows 31 steps for step sizes from 0.084 to 0.169. At 10x the founding
+#: design the joint form's final step sizes were 0.089-0.110, so t = 2.7 ended
+#: every draw's trajectory after 31 steps, where t = 3.2 let draws run to 63
+#: (the default form at t = 3.2: 63 steps per draw); at 3x too every draw took
+#: 31. At the founding size the step size reaches 0.17 and t = 2.7 would cut
+#: some trajectories to 15 steps, which gives too little ESS there
+#: (docs/model.md, "Large designs").
+LARGE_DESIGN_NUTPIE: dict[str, Any] = {"target_integration_time": 2.7}
+
+
+def nutpie_defaults(short_cap: bool = False) -> dict[str, Any]:
+    """The nutpie options the package sets unless the caller does (``short_cap``:
+    with :data:`LARGE_DESIGN_NUTPIE`)."""
+    return {**NUTPIE_DEFAULTS, **(LARGE_DESIGN_NUTPIE if short_cap else {})}
+
+
 #: nutpie's maximum tree depth unless the caller sets ``maxdepth``
 NUTPIE_MAXDEPTH = 10
 #: nutpie keeps every iteration's stored values in memory until sampling ends
@@ -387,6 +407,7 @@ def run_nuts(
     progressbar: bool = True,
     cores: int | None = None,
     initvals: dict[str, Any] | None = None,
+    short_cap: bool = False,
 ) -> tuple[xr.DataTree, dict[str, float]]:
     """Sample ``model`` and return the DataTree and timings (seconds).
 
@@ -394,7 +415,8 @@ def run_nuts(
     for nutpie also ``{"backend": "jax"}`` and ``{"gradient_backend": "jax"}``
     (JAX's own gradient instead of PyTensor's); the environment variable
     ``CALTARS_BAYES_NUTPIE_BACKEND`` sets nutpie's default backend, ``numba``).
-    nutpie runs with :data:`NUTPIE_DEFAULTS` where ``nuts`` does not say otherwise,
+    nutpie runs with :func:`nutpie_defaults` (``short_cap``: large designs) where
+    ``nuts`` does not say otherwise,
     and stores no warmup draws unless ``{"save_warmup": True}``; with
     ``{"deterministics": "after"}`` it stores only the free variables and the
     deterministics are computed from the kept draws afterwards (``"during"``:
@@ -416,7 +438,7 @@ def run_nuts(
         gradient_backend = nuts.pop("gradient_backend", None)
         after = deterministics_after(model, store, chains, tune + draws)
         stored = [v.name for v in model.free_RVs] if after else None
-        nuts = {**NUTPIE_DEFAULTS, **nuts}
+        nuts = {**nutpie_defaults(short_cap), **nuts}
         if nuts.get("target_integration_time") is not None:
             nuts.setdefault("max_step_size", nuts["target_integration_time"] / 4)
         # a fit keeps no warmup draws, so nutpie need not store them (at 10x the

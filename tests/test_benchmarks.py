@@ -48,18 +48,21 @@ def test_benchmark_script_tiny(tmp_path, monkeypatch):
     # scaling: 1x reuses the founding run, 2x doubles the ratings; gradient time measured
     scaling = _table(text, "## Scaling")
     assert [r[1] for r in scaling] == ["720", "1440"]
-    assert all(float(r[2]) > 0 for r in scaling) and scaling[0][4] == "1.00"
+    assert all(float(r[3]) > 0 for r in scaling) and scaling[0][5] == "1.00"
     assert "| 10x subjects <= 10 min, <= 4 GB | not run; largest run 2x:" in text
-    # settings for large designs: the joint form and the cap, applied and stated
-    large = _table(text, "## 10x subjects with settings for large designs")
-    assert [r[:2] for r in large] == [["2x, joint form, t = 2.7", "1440"]]
-    assert "Not the defaults: model options" in text
-    assert "(settings for large designs, not the defaults) <= 10 min" in text
-    raw = json.loads(out.with_suffix(".json").read_text())["sections"]["large"]["rows"][0]
-    assert raw["result"]["joint_subject_sessions"] is True
-    assert raw["result"]["nuts"]["target_integration_time"] == 2.7
-    assert raw["result"]["start"] == "data"
-    assert raw["result"]["divergences"] >= 0 and raw["result"]["sampling_s"] > 0
+    # the package's defaults per design, stated: the 2x row is a large design here
+    # (the smoke run's threshold is 20 sessions): joint form, data start, t = 2.7
+    assert [r[2] for r in scaling] == [
+        "default form, default start, t = 3.2",
+        "joint form, data start, t = 2.7",
+    ]
+    raw = json.loads(out.with_suffix(".json").read_text())["sections"]
+    assert "large" not in raw
+    big = raw["scaling"]["rows"][1]["result"]
+    assert big["large_design"] is True and big["joint_subject_sessions"] is True
+    assert big["short_trajectory_cap"] is True
+    assert big["nuts"] == {} and big["integration_time"] == 2.7 and big["start"] == "data"
+    assert big["divergences"] >= 0 and big["sampling_s"] > 0
     # single scale: both models fitted on the anchor trial's scale 1 (4 subjects x 72)
     single = _table(text, "## Single scale")
     ours = [r for r in single if "this run" in r[0]]
@@ -109,6 +112,8 @@ def test_benchmark_targets_table_states_each_verdict():
         return {
             "total_s": total, "divergences": div, "converged": converged, "min_ess_bulk": 800.0,
             "ms_per_gradient": ms, "ratings": ratings, "peak_memory_mb": mb,
+            "large_design": True, "joint_subject_sessions": True, "start": "data",
+            "integration_time": 2.7,
         }  # fmt: skip
 
     fnd = {"rows": [{"result": result(97.1, 0.39, 18720)}]}
@@ -130,8 +135,17 @@ def test_benchmark_targets_table_states_each_verdict():
     assert "0.92x the 1x cost for one gradient alone | **met**" in rows
     sc["rows"].append({"multiple": 10, "result": result(700.0, 4.5, 187200, mb=3000.0)})
     rows = "\n".join(run.md_targets({"scaling": sc}))
-    assert "| 10x subjects <= 10 min, <= 4 GB | 700 s, 3000 MB | **not met** |" in rows
+    head = "| 10x subjects <= 10 min, <= 4 GB, converged, package defaults | "
+    assert head + "700 s, 3000 MB, joint form, data start, t = 2.7, min bulk ESS 800" in rows
+    assert "0 divergences, converged True | **not met** |" in rows
     assert "1.15x the 1x cost for one gradient alone | **met**" in rows
+    # in time and memory, but a fit that did not converge does not meet it
+    sc["rows"][-1]["result"].update(total_s=550.0, converged=False)
+    rows = "\n".join(run.md_targets({"scaling": sc}))
+    assert "converged False | **not met** |" in rows
+    sc["rows"][-1]["result"]["converged"] = True
+    rows = "\n".join(run.md_targets({"scaling": sc}))
+    assert "0 divergences, converged True | **met** |" in rows
     # inside the sampler the cost per rating may grow although one gradient's does not
     for row, core in zip(sc["rows"], (0.36, 1.0, 12.0), strict=True):
         row["result"]["ms_per_gradient_core"] = core
@@ -161,6 +175,9 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
     assert r["wall_s"] > 0 and r["sampling_s"] > 0 and r["divergences"] >= 0
     assert r["settings"]["chain_method"].startswith("threads")  # nutpie, the default
     assert r["settings"]["start"] == "data" and r["settings"]["gradient_backend"] == "jax"
+    # 8 sessions: not a large design, so the default form and nutpie's default cap
+    assert r["settings"]["joint_subject_sessions"] is False
+    assert r["settings"]["large_design"] is False and r["settings"]["integration_time"] == 3.2
     assert r["min_ess_bulk"] > 0 and r["ess_per_s"] > 0
     g = r["gradient"]["dense"]  # one gradient timed before fitting, default layout
     assert g["ms"] > 0 and g["ms_4"] > 0 and g["compile_s"] > 0

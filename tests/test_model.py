@@ -18,7 +18,7 @@ from caltars_bayes.model import (
     sum_to_zero_basis,
 )
 from caltars_bayes.simulate import simulate_trial
-from caltars_bayes.spec import ModelOptions, Prior, Priors, load_instrument
+from caltars_bayes.spec import ModelOptions, Prior, Priors, load_instrument, parse_instrument
 
 
 def to_point(m: pm.Model, values: dict) -> dict:
@@ -306,6 +306,50 @@ def test_joint_form_needs_a_session_level(caltars):
     assert not plan.session_level and not plan.joint_subject_sessions
     assert any("joint subject/session form needs a session level" in n for n in plan.notes)
     assert not plan_model(data).joint_subject_sessions  # never by default
+
+
+def test_auto_parameterisation_is_joint_for_large_designs(caltars):
+    """The rule at its threshold (``LARGE_DESIGN_SESSIONS``, 400): 99 subjects x 4
+    sessions keep the default form, 100 x 4 get the joint form (stated in the
+    plan's notes), and an explicit parameterisation is kept at any size. With
+    CALTARS's 5 scales 400 sessions are also 2,000 session deviations
+    (``LARGE_DESIGN_SESSION_SCALES``), from which the trajectory cap is shorter;
+    a 2-scale instrument needs 1,000 sessions for that."""
+    from caltars_bayes.model import LARGE_DESIGN_SESSION_SCALES, LARGE_DESIGN_SESSIONS
+
+    assert (LARGE_DESIGN_SESSIONS, LARGE_DESIGN_SESSION_SCALES) == (400, 2000)
+    plans = {}
+    for n in (99, 100):
+        trial = simulate_trial(caltars, n_subjects=n, n_sessions=4, n_judges=1, seed=3)
+        data = trial.to_rating_data()
+        assert data.n_sessions == 4 * n
+        plans[n] = plan_model(data)
+    assert not plans[99].joint_subject_sessions and not plans[99].large_design
+    assert not plans[99].short_trajectory_cap
+    assert plans[100].joint_subject_sessions and plans[100].large_design
+    assert plans[100].short_trajectory_cap
+    assert any(note.startswith("large design (400 sessions >= 400)") for note in plans[100].notes)
+    explicit = plan_model(data, ModelOptions(parameterisation="noncentred"))
+    assert not explicit.joint_subject_sessions and not explicit.large_design
+    assert not explicit.centred_subjects and not explicit.centred_sessions
+    assert not explicit.short_trajectory_cap
+    # two scales: large from 400 sessions, the shorter cap from 1,000
+    two = parse_instrument(
+        {
+            "instrument": {"name": "TWO"},
+            "response": {"min": 1, "max": 5},
+            "scale": [
+                {"code": "A", "name": "A", "items": ["A1", "A2", "A3"]},
+                {"code": "B", "name": "B", "items": ["B1", "B2", "B3"]},
+            ],
+        },
+        "<test>",
+    )
+    for n, cap in ((150, False), (249, False), (250, True)):
+        trial = simulate_trial(two, n_subjects=n, n_sessions=4, n_judges=1, seed=3)
+        plan = plan_model(trial.to_rating_data())
+        assert plan.large_design and plan.joint_subject_sessions
+        assert plan.short_trajectory_cap is cap, n
 
 
 def test_options_switch_parts(founding_data):

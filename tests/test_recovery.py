@@ -172,6 +172,10 @@ def test_self_report_single_judge(tmp_path):
 
     data = RatingData.from_frame(ratings, inst, layout="long")
     fit = fit_model(data, random_seed=31, **DRAWS)
+    # 600 sessions: a large design (joint form, data start) with too few session
+    # deviations (1,200) for the shorter cap, so this checks recovery with those defaults
+    assert fit.plan.large_design and fit.meta["start"] == "data"
+    assert not fit.plan.short_trajectory_cap
     assert not fit.plan.judge_severity and not fit.plan.judge_discrimination
     assert any("only one judge" in n for n in data.report.design_notes)
     est = fit.posterior["theta"].mean(("chain", "draw"))

@@ -203,6 +203,87 @@ def test_nutpie_defaults_are_applied_unless_given(tiny_data, monkeypatch, given)
     assert fit.diagnostics.treedepth_hits == int((ss["depth"] >= 10).sum())
 
 
+@pytest.mark.parametrize(
+    ("options", "nuts", "more_units", "large", "start", "t"),
+    [
+        ({}, None, 0, True, "data", 2.7),  # the rule: joint form, data start, shorter cap
+        ({}, None, 1, True, "data", 3.2),  # too few session deviations for the cap
+        ({}, {"start": "default", "target_integration_time": 3.0}, 0, True, "default", 3.0),
+        ({"parameterisation": "noncentred"}, None, 0, False, "default", 3.2),  # asked otherwise
+    ],
+)
+def test_large_designs_get_their_settings_unless_told_otherwise(
+    tiny_data, monkeypatch, options, nuts, more_units, large, start, t
+):
+    """From ``LARGE_DESIGN_SESSIONS`` sessions (lowered to this design's 24 here)
+    the auto parameterisation is the joint form and a fit starts from the data;
+    from ``LARGE_DESIGN_SESSION_SCALES`` session deviations (lowered to 24 x the
+    scales, or one more) nutpie's cap is 2.7; unless the caller says otherwise.
+    The plan, the data report's notes and the fit's meta say which applied."""
+    import json
+    from dataclasses import replace
+
+    import nutpie
+
+    from caltars_bayes import model as model_mod
+    from caltars_bayes.model import AllianceModel
+
+    monkeypatch.setattr(model_mod, "LARGE_DESIGN_SESSIONS", tiny_data.n_sessions)
+    units = tiny_data.n_sessions * tiny_data.n_scales
+    monkeypatch.setattr(model_mod, "LARGE_DESIGN_SESSION_SCALES", units + more_units)
+    applied = []
+    real = nutpie.sample
+
+    def spy(*args, **kwargs):
+        dt = real(*args, **kwargs)
+        settings = json.loads(dt["sample_stats"].attrs["inference_library_settings"])["settings"]
+        applied.append(settings["target_integration_time"])
+        return dt
+
+    monkeypatch.setattr(nutpie, "sample", spy)
+    am = AllianceModel(tiny_data, options=replace(tiny_data.instrument.model, **options))
+    fit = fit_model(tiny_data, model=am, draws=20, tune=20, chains=1, nuts=nuts, progressbar=False)
+    assert fit.plan.large_design is large
+    assert fit.plan.joint_subject_sessions is large
+    assert fit.plan.short_trajectory_cap is (large and not more_units)
+    assert any(n.startswith("large design (24 sessions >= 24)") for n in fit.plan.notes) is large
+    assert fit.meta["start"] == start
+    assert applied == [t]
+    assert fit.meta["sampler_defaults"].get("target_integration_time") == (None if nuts else t)
+    # one session fewer than the threshold: the defaults
+    monkeypatch.setattr(model_mod, "LARGE_DESIGN_SESSIONS", tiny_data.n_sessions + 1)
+    plan = AllianceModel(tiny_data).plan
+    assert not plan.large_design and not plan.joint_subject_sessions
+
+
+def test_numpyro_samples_the_joint_form_on_the_dense_layout(tiny_data):
+    """Designs large enough for the joint form on a GPU use the dense layout too."""
+    from dataclasses import replace
+
+    from caltars_bayes.model import AllianceModel
+
+    options = replace(tiny_data.instrument.model, parameterisation="joint")
+    am = AllianceModel(tiny_data, options=options, sampler="numpyro")
+    assert am.plan.joint_subject_sessions and am.plan.likelihood_layout == "dense"
+    fit = fit_model(
+        tiny_data, model=am, draws=40, tune=40, chains=2, sampler="numpyro", progressbar=False
+    )
+    assert fit.posterior.sizes["draw"] == 40
+    for name in ("theta", "zeta", "subject_mean"):
+        assert np.isfinite(fit.posterior[name].values).all()
+    # the block's identity, computed through JAX: a subject's average session
+    # alliance is theta_raw plus the mean of its sessions' deviations, and theta is
+    # theta_raw less its average, so u - theta - mean zeta is the same for every subject
+    post = fit.posterior
+    subj = xr.DataArray(
+        np.asarray(tiny_data.subjects)[tiny_data.session_subject_idx], dims="session"
+    )
+    mean_zeta = post["zeta"].groupby(subj.rename("subject")).mean()
+    gap = post["subject_mean"] - post["theta"] - mean_zeta.sel(subject=post.subject)
+    assert float(gap.std("subject").max()) < 1e-8
+    assert float(post["zeta"].std()) > 0.01
+
+
 def test_tuning_steps_are_counted_without_storing_the_warmup():
     """nutpie stores no warmup draws by default; the tuning steps counted from its
     progress reports equal those in the stored warmup stats of the same run."""
