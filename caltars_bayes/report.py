@@ -646,7 +646,7 @@ def methods_paragraph(
             f"The posterior was sampled with the No-U-Turn sampler ({sampler}) in "
             f"{d.n_chains} chains of {meta.get('tune')} tuning and {d.n_draws} kept "
             f"iterations (target acceptance {meta.get('target_accept')}; {total:,} draws in total; "
-            f"seed {meta.get('random_seed')})."
+            f"seed {meta.get('random_seed')}{_sampler_settings_text(meta)})."
         )
         checks = (
             f"Convergence was checked on every reported parameter: rank-normalised split R-hat "
@@ -673,6 +673,19 @@ def methods_paragraph(
         "the observed scale scores."
     )
     return " ".join(s)
+
+
+def _sampler_settings_text(meta: dict[str, Any]) -> str:
+    """The trajectory cap and starting values a NUTS fit ran with, for the methods text."""
+    parts = []
+    t = {**(meta.get("sampler_defaults") or {}), **(meta.get("nuts") or {})}.get(
+        "target_integration_time"
+    )
+    if meta.get("sampler") == "nutpie" and t is not None:
+        parts.append(f"trajectories capped at an integration time of {t}")
+    if meta.get("start") == "data":
+        parts.append("chains started from data-based values")
+    return "".join(f"; {p}" for p in parts)
 
 
 def _conflict_threshold(doc: dict[str, Any] | None, conflict: pd.DataFrame | None) -> float:

@@ -449,6 +449,13 @@ def test_moment_matching_recovers_the_exact_left_out_session(calpas):
     by 0.145 (exact -33.63), where it had been 0.1 and 0.01 before.
     (Those numbers were measured moving all parameters; the default now moves only the
     session's and its subject's own, and passes the same checks.)
+    Since the cutpoints are sampled as mean and log gaps (2026-11-28; same seed, JAX
+    backend): k 0.68 -> 0.62, elpd_i exact -33.69, PSIS -33.56, moment matched -33.60.
+    Moment matching lowers k but not reliably below 0.6, so that is no longer asserted:
+    over fit seeds 1-5 (numba backend) this session's k was 0.53-0.79, moved by moment
+    matching only in the one run above the threshold (0.79 -> 0.69); sessions lowered
+    by 4 categories had k 0.91-1.14, lowered by at most 0.18. (Before the cutpoint change,
+    2026-11-28, k was 0.43 with this seed and the test failed its first check.)
     """
     from caltars_bayes.data import RatingData
     from caltars_bayes.fit import fit_model
@@ -468,7 +475,7 @@ def test_moment_matching_recovers_the_exact_left_out_session(calpas):
     mm = compare.loo_moment_match_fit(fit, psis, "session")
     k0, k1 = float(psis.pareto_k[s]), float(mm.pareto_k[s])
     assert k0 > psis.good_k and float(mm.influence_pareto_k[s]) == k0
-    assert k1 < min(k0, 0.6), (k0, k1)
+    assert k1 < k0, (k0, k1)
     assert mm.elpd == pytest.approx(float(mm.elpd_i.sum()))
     # units below the threshold are untouched
     low = psis.pareto_k.values <= psis.good_k

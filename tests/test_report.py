@@ -23,6 +23,7 @@ from caltars_bayes.report import (
     LOADING_COLUMNS,
     PPC_VERDICT_COLUMNS,
     RELIABILITY_COLUMNS,
+    _sampler_settings_text,
     apa_number,
     apa_p,
     build_report,
@@ -314,6 +315,17 @@ def test_methods_paragraph_from_the_fit(tiny_fit):
     assert f"{tiny_fit.data.n_ratings:,} ratings" in text
     assert "HalfNormal(sigma=2)" in text and "LKJ(2)" in text
     assert "NOT met" in text and "Covariates (x)" in text
+    # the sampler settings a reader needs to reproduce the fit
+    assert m["sampler"] == "nutpie" and m["start"] == "default"
+    assert "trajectories capped at an integration time of 3.2" in text
+    assert "data-based" not in text
+    meta = {**m, "start": "data", "nuts": {"target_integration_time": 2.7}}
+    assert _sampler_settings_text(meta) == (
+        "; trajectories capped at an integration time of 2.7; chains started from data-based values"
+    )
+    assert _sampler_settings_text({**meta, "nuts": {"target_integration_time": None}}) == (
+        "; chains started from data-based values"
+    )
 
 
 def test_flagged_parameters_are_the_offenders(tiny_fit):
