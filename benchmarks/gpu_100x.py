@@ -144,6 +144,7 @@ def run(
         load_instrument,
         simulate_trial,
     )
+    from caltars_bayes.fit import trajectory_cap
     from caltars_bayes.spec import models_dir
 
     t0 = time.perf_counter()
@@ -254,9 +255,7 @@ def run(
             "joint_subject_sessions": fit.plan.joint_subject_sessions,
             "large_design": fit.plan.large_design,
             # nutpie's trajectory cap (given or the package's default)
-            "integration_time": {**fit.meta["sampler_defaults"], **fit.meta["nuts"]}.get(
-                "target_integration_time"
-            ),
+            "integration_time": trajectory_cap(fit.meta),
             "gradient_backend": gradient_backend if sampler == "nutpie" else "jax",
             "seed": seed,
         },

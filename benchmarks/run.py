@@ -165,6 +165,7 @@ def run_case(
 
     from caltars_bayes import AllianceModel, fit_model
     from caltars_bayes import model as model_module
+    from caltars_bayes.fit import trajectory_cap
 
     if large_design is not None:
         model_module.LARGE_DESIGN_SESSIONS = large_design["sessions"]
@@ -225,9 +226,7 @@ def run_case(
         "nuts": fit.meta["nuts"],
         "start": fit.meta["start"],
         # the cap nutpie ran with (given or the package's default; None: plain NUTS)
-        "integration_time": {**fit.meta["sampler_defaults"], **fit.meta["nuts"]}.get(
-            "target_integration_time"
-        ),
+        "integration_time": trajectory_cap(fit.meta),
         "peak_memory_mb": peak_mb,
     }
     if summary_out:

@@ -221,6 +221,15 @@ class Fit:
         return fit_html(self)
 
 
+def trajectory_cap(meta: dict[str, Any]) -> float | None:
+    """The integration-time cap nutpie ran with (the caller's or the package's
+    default, from a fit's ``meta``); None for plain NUTS or another sampler."""
+    if meta.get("sampler") != "nutpie":
+        return None
+    given = {**(meta.get("sampler_defaults") or {}), **(meta.get("nuts") or {})}
+    return given.get("target_integration_time")
+
+
 def fit_model(
     data: RatingData,
     *,

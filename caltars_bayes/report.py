@@ -677,11 +677,11 @@ def methods_paragraph(
 
 def _sampler_settings_text(meta: dict[str, Any]) -> str:
     """The trajectory cap and starting values a NUTS fit ran with, for the methods text."""
+    from caltars_bayes.fit import trajectory_cap
+
     parts = []
-    t = {**(meta.get("sampler_defaults") or {}), **(meta.get("nuts") or {})}.get(
-        "target_integration_time"
-    )
-    if meta.get("sampler") == "nutpie" and t is not None:
+    t = trajectory_cap(meta)
+    if t is not None:
         parts.append(f"trajectories capped at an integration time of {t}")
     if meta.get("start") == "data":
         parts.append("chains started from data-based values")
