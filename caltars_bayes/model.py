@@ -99,7 +99,8 @@ LARGE_DESIGN_SESSIONS = 400
 #: instead of the default. The cap suits small step sizes, which come with many
 #: latent values: 0.089-0.110 at 10 400 (CALTARS 10x), 0.14-0.16 at 2 000 (2
 #: scales x 1 000 sessions), but 0.16-0.18 at 1 200 (2 x 600), where t = 2.7
-#: cut a third of the trajectories to 15 steps and lost ESS.
+#: cut over half of the draws' trajectories to 15 steps (21.5 steps per draw)
+#: and lost ESS.
 LARGE_DESIGN_SESSION_SCALES = 2000
 
 
