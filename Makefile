@@ -31,12 +31,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/caltars-bayes demo --out demo_output --force
 
-# CI (.ci/run) runs this: every test except the `long` ones (multi-trial studies and
+# CI (.ci/run) runs this: ruff, mypy, and every test except the `long` ones (multi-trial studies and
 # the four slowest single-fit proofs, run by `make test-long`), on two
 # workers (model compilation is single-threaded, so two test files at a time keep
 # both cores busy), one worker per test file so module fixtures are fitted once.
 test: $(STAMP)
 	$(VENV)/bin/ruff check caltars_bayes tests benchmarks
+	$(VENV)/bin/mypy caltars_bayes
 	$(PY) -m pytest -q -m "not long" -n 2 --dist loadfile --durations=25
 
 test-long: $(STAMP)

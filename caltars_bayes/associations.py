@@ -103,6 +103,7 @@ def classical_associations(fit: Fit) -> pd.DataFrame:
         from caltars_bayes.model import covariate_tables
 
         subj_cov, _, _ = covariate_tables(data, fit.instrument.model)
+        assert subj_cov is not None  # the plan has subject covariates
         scores = data.scale_scores("subject", by_judge=False).set_index("subject")
         tab = pearson_table(scores[list(data.scales)], subj_cov[plan.covariates])
         tab["level"] = "subject"
@@ -112,6 +113,7 @@ def classical_associations(fit: Fit) -> pd.DataFrame:
         scores.index = pd.Index(
             scores["subject"] + "|" + scores["session"].astype(str), name="session"
         )
+        assert data.session_covariates is not None  # the plan has session covariates
         ses = data.session_covariates.copy()
         ses.index = pd.Index(list(data.session_labels), name="session")
         tab = pearson_table(scores[list(data.scales)], ses[plan.session_covariates])

@@ -161,11 +161,10 @@ def loo_fit(fit: Fit, by: str = "session", *, marginal: bool | None = None) -> E
     n_samples = n_chain * n_draw
     reff = relative_eff(fit)
     dim, labels = _units(data, by)
+    blocks: list[np.ndarray | None] = [None]
     if by == "rating":
         step = max(1, CHUNK_ELEMENTS // n_samples)
         blocks = [np.arange(a, min(a + step, data.n_ratings)) for a in range(0, len(labels), step)]
-    else:
-        blocks = [None]
     parts = []
     d = posterior_draws(post, data)
     for obs in blocks:
@@ -493,7 +492,7 @@ class _Rows:
             self.sessions = data.sessions.iloc[[session]]
             self.session_labels = (data.session_labels[session],)
             self.session_subject_idx = np.asarray(data.session_subject_idx)[[session]]
-            self.session_idx = np.zeros_like(self.session_idx)
+            self.session_idx = np.zeros_like(np.asarray(data.session_idx)[keep])
 
     n_subjects = property(lambda self: len(self.subjects))
     n_scales = property(lambda self: len(self.scales))
@@ -616,9 +615,9 @@ def kfold_fit(
         n_data_points=n,
         scale="log",
         warning=False,
-        good_k=None,
+        good_k=None,  # type: ignore[arg-type]  # K-fold: no Pareto k
         elpd_i=xr.DataArray(elpd_i, dims=(dim,), coords=coords),
-        pareto_k=None,
+        pareto_k=None,  # type: ignore[arg-type]
         n_folds=n_folds,
         p_kfold_i=xr.DataArray(lpd_i - elpd_i, dims=(dim,), coords=coords),
     )

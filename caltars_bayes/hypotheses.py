@@ -123,7 +123,7 @@ def hypotheses_from_dict(doc: dict[str, Any], source: str = "<hypotheses>") -> H
     items = doc.get("hypothesis", [])
     if not isinstance(items, list) or not items:
         raise SpecError(f"{source}: no [[hypothesis]] entries")
-    hyps = []
+    hyps: list[Hypothesis] = []
     for i, h in enumerate(items, start=1):
         w = f"{source} [[hypothesis]] #{i}"
         _keys(h, {"scale", "scales", "covariate", "direction", "label"}, w)
@@ -249,7 +249,9 @@ def test_hypotheses(fit: Fit, hypotheses: Hypotheses) -> pd.DataFrame:
             hit = table[(table["scale"] == h.scale) & (table["covariate"] == h.covariate)]
             row = hit.iloc[0]
             level = str(row["level"])
-            da = draws[level].sel(scale=h.scale, covariate=h.covariate)
+            level_draws = draws[level]
+            assert level_draws is not None  # the table has rows only for modelled levels
+            da = level_draws.sel(scale=h.scale, covariate=h.covariate)
         p_above = float((da > hypotheses.rope).mean(SAMPLE_DIMS))
         p_below = float((da < -hypotheses.rope).mean(SAMPLE_DIMS))
         p_pos, p_neg, p_rope = (

@@ -31,7 +31,7 @@ indexes the per-category tables ``T_hi = exp(tau_c)``, ``T_lo = exp(tau_{c-1})``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numba
 import numpy as np
@@ -192,7 +192,7 @@ class CumulativeLogit(Op):
 
     __props__ = ()
 
-    def make_node(self, mu, t_hi, t_lo, log_gap, k, n_categories) -> Apply:
+    def make_node(self, mu, t_hi, t_lo, log_gap, k, n_categories) -> Apply:  # type: ignore[override]
         mu = pt.as_tensor_variable(mu).astype("float64")
         t_hi, t_lo, log_gap = (
             pt.as_tensor_variable(t).astype("float64") for t in (t_hi, t_lo, log_gap)
@@ -205,7 +205,7 @@ class CumulativeLogit(Op):
         return Apply(self, [mu, t_hi, t_lo, log_gap, k, c], [out])
 
     def perform(self, node, inputs, outputs) -> None:
-        outputs[0][0] = _logp_numba(*inputs[:-1], int(inputs[-1]))
+        outputs[0][0] = _logp_numba(*inputs[:-1], int(inputs[-1]))  # type: ignore[call-arg]
 
     def infer_shape(self, node, shapes):
         return [shapes[0]]
@@ -225,7 +225,7 @@ class CumulativeLogitGrad(Op):
 
     __props__ = ()
 
-    def make_node(self, mu, t_hi, t_lo, k, g, n_categories) -> Apply:
+    def make_node(self, mu, t_hi, t_lo, k, g, n_categories) -> Apply:  # type: ignore[override]
         mu, t_hi, t_lo, g = (
             pt.as_tensor_variable(v).astype("float64") for v in (mu, t_hi, t_lo, g)
         )
@@ -237,7 +237,8 @@ class CumulativeLogitGrad(Op):
         return Apply(self, [mu, t_hi, t_lo, k, g, c], outs)
 
     def perform(self, node, inputs, outputs) -> None:
-        for out, value in zip(outputs, _grad_numba(*inputs[:-1], int(inputs[-1])), strict=True):
+        grads = _grad_numba(*inputs[:-1], int(inputs[-1]))  # type: ignore[call-arg]
+        for out, value in zip(outputs, grads, strict=True):
             out[0] = value
 
     def infer_shape(self, node, shapes):
@@ -260,13 +261,15 @@ def cumulative_logit(
 ) -> pt.TensorVariable:
     """Log probability of each rating, ``mu`` and ``k`` broadcast against each
     other (any shape), tables of shape rows x C (see the module docstring)."""
-    mu = pt.as_tensor_variable(mu).astype("float64")
-    k = pt.as_tensor_variable(k).astype("int64")
+    mu_t = pt.as_tensor_variable(mu).astype("float64")
+    k_t = pt.as_tensor_variable(k).astype("int64")
     tables = [pt.as_tensor_variable(t).ravel() for t in (t_hi, t_lo, log_gap)]
-    if mu.ndim == 1 and k.ndim == 1:  # the model's case: no reshapes (JAX needs static shapes)
-        return CumulativeLogit()(mu, *tables, k, n_categories)
-    mu_b, k_b = pt.broadcast_arrays(mu, k)
-    flat = CumulativeLogit()(mu_b.ravel(), *tables, k_b.ravel(), n_categories)
+    if mu_t.ndim == 1 and k_t.ndim == 1:  # the model's case: no reshapes (JAX: static shapes)
+        return cast(pt.TensorVariable, CumulativeLogit()(mu_t, *tables, k_t, n_categories))
+    mu_b, k_b = pt.broadcast_arrays(mu_t, k_t)
+    flat = cast(
+        pt.TensorVariable, CumulativeLogit()(mu_b.ravel(), *tables, k_b.ravel(), n_categories)
+    )
     return flat.reshape(mu_b.shape)
 
 

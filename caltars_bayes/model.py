@@ -232,6 +232,7 @@ def plan_model(
             notes.append("covariates are not modelled with a bifactor structure")
             opt = replace(opt, covariates=False, session_covariates="none")
     cov_table, ses_table, aggregated = covariate_tables(data, opt, notes)
+    large = big and joint
     layout = opt.likelihood_layout
     if layout == AUTO:
         complete = sampler in JAX_SAMPLERS and dense_cells(data) is not None
@@ -254,9 +255,8 @@ def plan_model(
         centred_judges=centred_j,
         centred_sessions=centred_s,
         joint_subject_sessions=joint,
-        large_design=big and joint,
-        short_trajectory_cap=big
-        and joint
+        large_design=large,
+        short_trajectory_cap=large
         and data.n_sessions * data.n_scales >= LARGE_DESIGN_SESSION_SCALES,
         notes=notes,
         covariates=[] if cov_table is None else list(cov_table.columns),
@@ -471,11 +471,12 @@ def cumulative_logit_logp_dense(
     def pick(table: pt.TensorVariable) -> pt.TensorVariable:
         return pt.sum(pt.switch(one_hot, table, 0.0), axis=-1)
 
-    below_top = pt.cast(pt.lt(yy, n_cut), mu.dtype if hasattr(mu, "dtype") else "float64")
-    e = pt.exp(-mu)
+    mu_t = pt.as_tensor_variable(mu)
+    below_top = pt.cast(pt.lt(yy, n_cut), mu_t.dtype)
+    e = pt.exp(-mu_t)
     h = pick(t_hi) * e
     lo = pick(t_lo) * e
-    return pick(log_gap) - below_top * mu - pt.log1p(h + lo + h * lo)
+    return pick(log_gap) - below_top * mu_t - pt.log1p(h + lo + h * lo)
 
 
 def _cumulative_logit_random(mu, cutpoints, row, rng=None, size=None):

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -119,7 +119,9 @@ def _flat(da: xr.DataArray, samples: np.ndarray, **sel: Sequence[str]) -> np.nda
     return np.asarray(da.values, dtype=float).reshape(n, *da.shape[2:])[samples]
 
 
-def sample_index(post: xr.Dataset, draws: int | Sequence[int] | None = None) -> np.ndarray:
+def sample_index(
+    post: xr.Dataset, draws: int | Sequence[int] | np.ndarray | None = None
+) -> np.ndarray:
     """Flat (chain-major) sample indices of the chosen draw positions.
 
     ``draws``: None for every draw, an int ``n`` for ``n`` evenly spaced draws
@@ -131,7 +133,7 @@ def sample_index(post: xr.Dataset, draws: int | Sequence[int] | None = None) -> 
     return (np.arange(n_chain)[:, None] * n_draw + pos[None, :]).ravel()
 
 
-def _draw_positions(n_draw: int, draws: int | Sequence[int] | None) -> np.ndarray:
+def _draw_positions(n_draw: int, draws: int | Sequence[int] | np.ndarray | None) -> np.ndarray:
     if draws is None:
         return np.arange(n_draw)
     if isinstance(draws, int | np.integer):
@@ -206,18 +208,18 @@ def posterior_draws(
         d.severity = _flat(post["severity"], samples, scale=scales, judge=judges)
     if "interaction" in post:
         have = {str(v): n for n, v in enumerate(post["interaction"]["judge_subject"].values)}
-        labels = np.asarray(
+        pair_labels = np.asarray(
             [
                 f"{judges[j]}|{subjects[p]}"
                 for j, p in zip(data.judge_idx, data.subject_idx, strict=True)
             ]
         )
-        uniq, inv = np.unique(labels, return_inverse=True)
+        uniq, inv = np.unique(pair_labels, return_inverse=True)
         rows = np.array([have.get(u, -1) for u in uniq], dtype=np.int64)
-        known = sorted(set(rows[rows >= 0].tolist()))
-        pos = {r: n for n, r in enumerate(known)}
+        known_rows = sorted(set(rows[rows >= 0].tolist()))
+        pos = {r: n for n, r in enumerate(known_rows)}
         d.pair = np.array([pos.get(r, -1) for r in rows], dtype=np.int64)[inv]
-        inter = post["interaction"].isel(judge_subject=known) if known else None
+        inter = post["interaction"].isel(judge_subject=known_rows) if known_rows else None
         d.interaction = (
             _flat(inter, samples, judge_subject=list(inter["judge_subject"].values), scale=scales)
             if inter is not None
@@ -265,11 +267,13 @@ def _mu(
     if with_zeta and d.zeta is not None:
         eta = eta + d.zeta[sl][:, s, k]
     if d.trend is not None:
+        assert d.time is not None  # set with the trend
         eta = eta + d.trend[sl][:, k] * d.time[s]
     lam = d.loading[sl][:, i]
     mu = lam * eta
     slope = lam
     if d.general is not None:
+        assert d.general_loading is not None  # set with the general factor
         mu = mu + d.general_loading[sl][:, i] * d.general[sl][:, p]
     if d.discrimination is not None:
         disc = d.discrimination[sl][:, j]
@@ -278,6 +282,7 @@ def _mu(
     if d.severity is not None:
         mu = mu - d.severity[sl][:, k, j]
     if d.interaction is not None:
+        assert d.pair is not None and d.sd_interaction is not None  # set with the interaction
         pair = d.pair[obs]
         known = pair >= 0
         g = np.empty_like(mu)
@@ -385,7 +390,7 @@ def _group_matrix(codes: np.ndarray, n_groups: int) -> sparse.csr_matrix:
     )
 
 
-def _group_codes(data: RatingData, by: str) -> tuple[np.ndarray, list[str], str]:
+def _group_codes(data: RatingData, by: str) -> tuple[np.ndarray, list[Any], str]:
     if by == "rating":
         return np.arange(data.n_ratings), list(range(data.n_ratings)), "obs"
     if by == "session":
@@ -473,6 +478,7 @@ def session_marginal_loglik(
     n_k = data.n_scales
     if d.zeta is None:
         return grouped_loglik(d, data, np.asarray(data.session_idx), data.n_sessions)
+    assert d.sd_session is not None  # set with zeta
     y = np.asarray(data.y, dtype=np.int64)
     n_groups = data.n_sessions * n_k
     grp = np.asarray(data.session_idx, dtype=np.int64) * n_k + data.scale_idx

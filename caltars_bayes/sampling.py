@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -172,7 +172,7 @@ def _in_model_order(dt: xr.DataTree, model: pm.Model) -> xr.DataTree:
     """``dt`` with its posterior's variables in :func:`_model_order` (nutpie's own
     order depends on which variables it stored)."""
     post = dt["posterior"].to_dataset()
-    order = [n for n in _model_order(model) if n in post.data_vars]
+    order: list[Hashable] = [n for n in _model_order(model) if n in post.data_vars]
     order += [n for n in post.data_vars if n not in order]
     if order != list(post.data_vars):
         dt["posterior"] = xr.DataTree(post[order])

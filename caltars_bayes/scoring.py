@@ -550,9 +550,9 @@ class _Engine:
         ld = v[:, self.n_sev :] if self.n_ld else np.zeros((self.S, jn))
         return sev, ld
 
-    def _e_times(self, ed, el, dsev, dld) -> np.ndarray:
-        """E dv: (S, P|N, K) from the compact couplings and a new-judge step."""
-        out = 0.0
+    def _e_times(self, ed, el, dsev, dld) -> np.ndarray | float:
+        """E dv: (S, P|N, K) from the compact couplings and a new-judge step (0 if none)."""
+        out: np.ndarray | float = 0.0
         if self.n_sev:
             out = out + np.einsum("spkj,sjk->spk", ed, dsev)
         if self.n_ld:

@@ -88,10 +88,10 @@ def standardised_loading_draws(fit: Fit, level: str = "session") -> xr.Dataset:
     var_s = 0.0 * sd_a
     if "sd_session" in post:
         var_s = post["sd_session"].isel(scale=item_scale).drop_vars("scale") ** 2
-    resid = np.pi**2 / 3
+    resid: float | xr.DataArray = np.pi**2 / 3
     if "sd_interaction" in post:
         resid = resid + post["sd_interaction"] ** 2
-    g2 = 0.0
+    g2: float | xr.DataArray = 0.0
     if "general_loading" in post:
         g = post["general_loading"].sel(item=items)
         g2 = g**2

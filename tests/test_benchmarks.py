@@ -162,13 +162,24 @@ def test_benchmark_refuses_unknown_section(tmp_path):
 @pytest.mark.slow
 @pytest.mark.jax
 def test_gpu_script_tiny_on_cpu(tmp_path):
-    out = tmp_path / "gpu"
+    """gpu_100x.py through gpu_device.sh, the device call's script (no wheels here)."""
+    import os
+
+    out = tmp_path / "gpu_results"
     args = ["--subjects", "4", "--sessions", "2", "--judges", "2", "--chains", "2"]
     args += ["--tune", "10", "--draws", "10", "--max-treedepth", "4", "--no-covariates"]
     args += ["--start", "data"]
-    args += ["--out", str(out)]
-    res = _run(str(BENCH / "gpu_100x.py"), *args)
-    assert res.returncode == 0, res.stderr[-2000:]
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "LIMIT": "600"}
+    env["WHEELS"] = str(tmp_path / "no_wheels")
+    res = subprocess.run(
+        ["bash", str(BENCH / "gpu_device.sh"), *args],
+        capture_output=True, text=True, timeout=900, check=False, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    card = (tmp_path / "card.txt").read_text()
+    assert "jax devices:" in card and "pymc " in card and "nutpie " in card
+    assert "fitted:" in (tmp_path / "log.txt").read_text()
+    assert "exit status 0" in res.stdout
     r = json.loads(out.with_suffix(".json").read_text())
     assert r["design"]["ratings"] == 4 * 2 * 2 * 30
     assert r["device"]["platform"] == "cpu" and r["device"]["card"]
@@ -206,3 +217,55 @@ def test_gpu_script_refuses_a_big_run_without_gpu(tmp_path):
     res = _run(str(BENCH / "gpu_100x.py"), "--subjects", "5200", "--out", str(tmp_path / "g"))
     assert res.returncode != 0 and "no GPU" in res.stderr
     assert not (tmp_path / "g.json").exists()
+
+
+def _shell_words(script: str, name: str) -> set[str]:
+    """The words of a ``NAME="..."`` assignment in a shell script."""
+    text = (BENCH / script).read_text()
+    start = text.index(f'\n{name}="') + len(name) + 3
+    return set(text[start : text.index('"', start)].split())
+
+
+def _closure(
+    top: str, extras: tuple[str, ...] = (), skip: frozenset[str] = frozenset()
+) -> set[str]:
+    """Installed distributions ``top[extras]`` needs, transitively (normalised names),
+    leaving out ``skip`` and what only they need."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    todo = [(top, extras)]
+    while todo:
+        name, ext = todo.pop()
+        key = canonicalize_name(name)
+        if (key, ext) in seen or key in skip:
+            continue
+        seen.add((key, ext))
+        try:
+            reqs = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for line in reqs:
+            req = Requirement(line)
+            envs = [{"extra": e} for e in ext] or [{"extra": ""}]
+            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
+                todo.append((req.name, tuple(sorted(req.extras))))
+    return {k for k, _ in seen}
+
+
+def test_gpu_wheels_and_the_image_cover_every_dependency():
+    """What gpu_wheels.sh carries plus what the device image has is everything
+    ``caltars-bayes[jax]`` needs (blackjax aside): a new dependency fails here, not
+    on the device."""
+    from packaging.utils import canonicalize_name
+
+    carried = {canonicalize_name(n) for n in _shell_words("gpu_wheels.sh", "PKGS")}
+    image = {canonicalize_name(n) for n in _shell_words("gpu_wheels.sh", "IMAGE_HAS")}
+    assert {"pymc", "pytensor", "nutpie"} <= carried and "jax" in image
+    needed = _closure("caltars-bayes", ("jax",), frozenset({"blackjax"})) - {"caltars-bayes"}
+    # CUDA-specific and optional jax extras are the image's own
+    missing = sorted(n for n in needed - carried - image if not n.startswith("jax-"))
+    assert not missing, f"add to PKGS in benchmarks/gpu_wheels.sh (or IMAGE_HAS): {missing}"
