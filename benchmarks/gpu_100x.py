@@ -3,15 +3,18 @@
 Simulates 100 times the founding study's subjects (5,200 subjects x 4
 sessions x 3 judges x 30 CALTARS items, about 1.9 million ratings, with the
 founding subject and session covariates), fits the full joint model with
-nutpie's NUTS on JAX (one thread per chain; JAX's gradient; optionally data-based
-starting values) or numpyro's (chains vectorised on one device), and records wall time, ESS
+numpyro's NUTS (chains vectorised on one device; the default) or nutpie's on
+JAX (one thread per chain; JAX's gradient), with the package's large-design
+defaults (joint subject/session form, data-based starting values), and records wall time, ESS
 per second (min bulk ESS over every reported quantity), divergences, peak
 device memory (``jax`` device memory stats) and peak host memory. Writes
 ``<out>.json`` and ``<out>.md`` with the date, the card and the versions.
 Target (performance issue): <= 10 minutes on one H100.
 
 Needs the ``jax`` extra and, for the GPU, a CUDA build of jaxlib
-(``pip install "jax[cuda12]"``); nothing is downloaded while it runs.
+(``pip install "jax[cuda12]"``); nothing is downloaded while it runs. On the
+lent GPU machine, run it through ``benchmarks/gpu_device.sh`` (wheels from
+``benchmarks/gpu_wheels.sh``).
 
     python benchmarks/gpu_100x.py                       # 5,200 subjects, 4 x (1000 + 1000)
     python benchmarks/gpu_100x.py --subjects 6 --sessions 2 --judges 2 \\
@@ -35,6 +38,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TARGET_S = 600.0
+#: numpyro's tree depth unless --max-treedepth says otherwise (see its help)
+NUMPYRO_MAX_TREEDEPTH = 6
 
 
 def _versions() -> dict[str, str]:
@@ -309,10 +314,11 @@ def markdown(r: dict[str, Any]) -> str:
             f"{st['likelihood_layout']} likelihood layout; "
             f"{'joint' if st.get('joint_subject_sessions') else 'default'} subject/session form"
             + (
-                f"; trajectories capped at {st['integration_time']}."
+                f"; trajectories capped at {st['integration_time']}"
                 if st.get("integration_time")
-                else "."
-            ),
+                else ""
+            )
+            + (f"; max tree depth {st['max_treedepth']}." if st.get("max_treedepth") else "."),
             "",
             "One log-density gradient (1 chain / 4 chains vectorised): "
             + (
@@ -340,7 +346,8 @@ def markdown(r: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the sampler-dependent defaults filled in."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--subjects", type=int, default=5200)
     ap.add_argument("--sessions", type=int, default=4)
@@ -351,10 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sampler",
         choices=["numpyro", "blackjax", "nutpie"],
-        default="nutpie",
-        help="nutpie: nutpie's NUTS with its JAX backend, one thread per chain (default: "
-        "its adaptation needed 18x fewer leapfrog steps per draw than numpyro's on this "
-        "model, see gpu_results.md); numpyro/blackjax: chains vectorised",
+        default="numpyro",
+        help="numpyro (default)/blackjax: chains vectorised on the device (on an H100 one "
+        "100x gradient took 0.77 ms, four chains vectorised 2.15 ms); nutpie: its JAX "
+        "backend, one thread per chain, a host round trip per gradient (3.4-4.3 ms each "
+        "at 100x on an H100). In the joint form numpyro and nutpie took the same 31 "
+        "leapfrog steps per draw at 2x on the CPU (gpu_results.md)",
     )
     ap.add_argument(
         "--start",
@@ -370,7 +379,16 @@ def main(argv: list[str] | None = None) -> int:
         help="nutpie: differentiate with JAX or translate PyTensor's gradient graph",
     )
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--max-treedepth", type=int, default=None, help="default: the sampler's (10)")
+    ap.add_argument(
+        "--max-treedepth",
+        type=int,
+        default=None,
+        help=f"default: {NUMPYRO_MAX_TREEDEPTH} for numpyro "
+        f"(at most {2**NUMPYRO_MAX_TREEDEPTH - 1} leapfrog steps: its first warmup window has "
+        "a unit mass matrix, which at 100x ran "
+        "every iteration to the maximum depth of 10); the sampler's own otherwise (nutpie "
+        "caps trajectories by integration time)",
+    )
     ap.add_argument("--max-cpu-subjects", type=int, default=60)
     ap.add_argument("--no-covariates", action="store_true", help="ratings only")
     ap.add_argument(
@@ -395,6 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default=str(HERE / "gpu_results"), help="writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
+    if a.max_treedepth is None and a.sampler == "numpyro":
+        a.max_treedepth = NUMPYRO_MAX_TREEDEPTH
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
     r = run(
         a.subjects,
         a.sessions,

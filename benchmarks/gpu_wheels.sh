@@ -53,4 +53,4 @@ mkdir .whl
 # shellcheck disable=SC2086
 .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp $platforms --platform manylinux2014_x86_64 -d .whl $pins
-echo "wheels in .whl: $(find .whl -name '*.whl' | wc -l) ($(du -sh .whl | cut -f1)): $pins"
+echo "wheels in .whl: $(find .whl -type f -name '*.whl' | wc -l) ($(du -sh .whl | cut -f1)): $pins"

@@ -168,7 +168,7 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
     out = tmp_path / "gpu_results"
     args = ["--subjects", "4", "--sessions", "2", "--judges", "2", "--chains", "2"]
     args += ["--tune", "10", "--draws", "10", "--max-treedepth", "4", "--no-covariates"]
-    args += ["--start", "data"]
+    args += ["--start", "data", "--sampler", "nutpie"]  # numpyro is slower on the CPU
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), "LIMIT": "600"}
     env["WHEELS"] = str(tmp_path / "no_wheels")
     res = subprocess.run(
@@ -184,7 +184,8 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
     assert r["design"]["ratings"] == 4 * 2 * 2 * 30
     assert r["device"]["platform"] == "cpu" and r["device"]["card"]
     assert r["wall_s"] > 0 and r["sampling_s"] > 0 and r["divergences"] >= 0
-    assert r["settings"]["chain_method"].startswith("threads")  # nutpie, the default
+    assert r["settings"]["chain_method"].startswith("threads")  # nutpie
+    assert r["settings"]["max_treedepth"] == 4
     assert r["settings"]["start"] == "data" and r["settings"]["gradient_backend"] == "jax"
     # 8 sessions: not a large design, so the default form and nutpie's default cap
     assert r["settings"]["joint_subject_sessions"] is False
@@ -196,6 +197,17 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "dense layout" in md
     assert r["date"] in md and "NOT CONVERGED" in md  # 10 draws never converge
+
+
+def test_gpu_script_defaults_to_numpyro_with_a_depth_cap():
+    spec = importlib.util.spec_from_file_location("gpu_100x", BENCH / "gpu_100x.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    a = gpu.parse_args([])
+    assert (a.sampler, a.subjects, a.chains, a.tune, a.draws) == ("numpyro", 5200, 4, 1000, 1000)
+    assert a.max_treedepth == gpu.NUMPYRO_MAX_TREEDEPTH == 6 and a.start == "auto"
+    assert gpu.parse_args(["--sampler", "nutpie"]).max_treedepth is None  # its own cap
+    assert gpu.parse_args(["--max-treedepth", "8"]).max_treedepth == 8
 
 
 @pytest.mark.jax
