@@ -38,8 +38,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 TARGET_S = 600.0
-#: numpyro's tree depth unless --max-treedepth says otherwise (see its help)
-NUMPYRO_MAX_TREEDEPTH = 6
 
 
 def _versions() -> dict[str, str]:
@@ -149,7 +147,7 @@ def run(
         load_instrument,
         simulate_trial,
     )
-    from caltars_bayes.fit import trajectory_cap
+    from caltars_bayes.fit import trajectory_cap, tree_depth_cap
     from caltars_bayes.spec import models_dir
 
     t0 = time.perf_counter()
@@ -250,7 +248,7 @@ def run(
         },
         "settings": {
             "likelihood_layout": am.plan.likelihood_layout,
-            "max_treedepth": max_treedepth,
+            "max_treedepth": tree_depth_cap(fit.meta),  # given, or the package's default
             "sampler": sampler,
             "chains": chains,
             "tune": tune,
@@ -383,11 +381,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-treedepth",
         type=int,
         default=None,
-        help=f"default: {NUMPYRO_MAX_TREEDEPTH} for numpyro "
-        f"(at most {2**NUMPYRO_MAX_TREEDEPTH - 1} leapfrog steps: its first warmup window has "
-        "a unit mass matrix, which at 100x ran "
-        "every iteration to the maximum depth of 10); the sampler's own otherwise (nutpie "
-        "caps trajectories by integration time)",
+        help="default: the package's (for large designs such as 100x: 6 for numpyro, i.e. "
+        "at most 63 leapfrog steps, caltars_bayes.sampling.LARGE_DESIGN_JAX; nutpie caps "
+        "trajectories by integration time instead)",
     )
     ap.add_argument("--max-cpu-subjects", type=int, default=60)
     ap.add_argument("--no-covariates", action="store_true", help="ratings only")
@@ -412,10 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="show the sampler's progress (a run stopped by a time limit then shows its pace)",
     )
     ap.add_argument("--out", default=str(HERE / "gpu_results"), help="writes OUT.json and OUT.md")
-    a = ap.parse_args(argv)
-    if a.max_treedepth is None and a.sampler == "numpyro":
-        a.max_treedepth = NUMPYRO_MAX_TREEDEPTH
-    return a
+    return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,6 +160,8 @@ def _fit_save(args: argparse.Namespace, data, out: Path):
         if args.sampler != "nutpie":
             raise CaltarsError("--integration-time: applies to the nutpie sampler only")
         nuts["target_integration_time"] = args.integration_time or None  # 0: plain NUTS
+    if getattr(args, "max_treedepth", None) is not None:
+        nuts[TREEDEPTH_OPTION[args.sampler]] = args.max_treedepth
     if getattr(args, "start", "auto") != "auto":
         nuts["start"] = args.start
     method = getattr(args, "method", "nuts")
@@ -252,6 +254,25 @@ def _non_negative(text: str) -> float:
     return value
 
 
+#: each sampler's name for the maximum tree depth (--max-treedepth)
+TREEDEPTH_OPTION = {
+    "nutpie": "max_treedepth",
+    "pymc": "max_treedepth",
+    "numpyro": "max_tree_depth",
+    "blackjax": "max_num_doublings",
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--tune", type=int, default=1000)
@@ -265,6 +286,13 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="nutpie: cap on a trajectory's length in the sampler's scaled units "
         "(default 3.2; 2.7 for large designs; 0 for plain NUTS). See docs/model.md",
+    )
+    p.add_argument(
+        "--max-treedepth",
+        type=_positive_int,
+        default=None,
+        help="most doublings of a NUTS trajectory (2^N - 1 leapfrog steps); default the "
+        "sampler's (10), 6 for numpyro and blackjax on large designs. See docs/model.md",
     )
     p.add_argument(
         "--start",

@@ -37,7 +37,7 @@ from caltars_bayes.errors import FitIOError
 from caltars_bayes.hypotheses import Hypotheses
 from caltars_bayes.io import atomic_write_dir, json_writer
 from caltars_bayes.model import AllianceModel, ModelPlan
-from caltars_bayes.sampling import nutpie_defaults, run_nuts
+from caltars_bayes.sampling import run_nuts, sampler_defaults
 from caltars_bayes.spec import AUTO, Instrument, instrument_from_dict
 
 FORMAT_VERSION = 1
@@ -230,6 +230,17 @@ def trajectory_cap(meta: dict[str, Any]) -> float | None:
     return given.get("target_integration_time")
 
 
+def tree_depth_cap(meta: dict[str, Any]) -> int | None:
+    """The maximum tree depth a NUTS fit ran with when it was set (by the caller
+    or by the package's large-design default), from a fit's ``meta``; None when
+    the sampler's own applied."""
+    given = {**(meta.get("sampler_defaults") or {}), **(meta.get("nuts") or {})}
+    for key in ("max_tree_depth", "max_num_doublings", "max_treedepth", "maxdepth"):
+        if given.get(key) is not None:
+            return int(given[key])
+    return None
+
+
 def fit_model(
     data: RatingData,
     *,
@@ -258,7 +269,8 @@ def fit_model(
         (:mod:`caltars_bayes.start`), ``"default"`` from the prior's centre;
         unless given, large designs (``plan.large_design``) start from the data,
         and those with many session deviations (``plan.short_trajectory_cap``) run
-        nutpie with :data:`~caltars_bayes.sampling.LARGE_DESIGN_NUTPIE`.
+        nutpie with :data:`~caltars_bayes.sampling.LARGE_DESIGN_NUTPIE` and numpyro
+        or blackjax with :data:`~caltars_bayes.sampling.LARGE_DESIGN_JAX`.
     model : an already built :class:`AllianceModel` (to reuse a compiled graph).
     method : ``"nuts"`` (default), or an APPROXIMATE method for quick looks:
         ``"pathfinder"``, ``"advi"`` or ``"fullrank_advi"`` (see
@@ -337,11 +349,13 @@ def fit_model(
         "target_accept": target_accept,
         "nuts": nuts,
         "start": start if method == "nuts" else None,
-        # the options nutpie ran with that the caller did not give
+        # the options the sampler ran with that the caller did not give
         "sampler_defaults": {
-            k: v for k, v in nutpie_defaults(am.plan.short_trajectory_cap).items() if k not in nuts
+            k: v
+            for k, v in sampler_defaults(sampler, am.plan.short_trajectory_cap).items()
+            if k not in nuts
         }
-        if sampler == "nutpie"
+        if method == "nuts"
         else {},
         "method": "NUTS" if method == "nuts" else method,
         **({"approximation": info} if info else {}),

@@ -676,13 +676,18 @@ def methods_paragraph(
 
 
 def _sampler_settings_text(meta: dict[str, Any]) -> str:
-    """The trajectory cap and starting values a NUTS fit ran with, for the methods text."""
-    from caltars_bayes.fit import trajectory_cap
+    """The trajectory caps and starting values a NUTS fit ran with, for the methods text."""
+    from caltars_bayes.fit import trajectory_cap, tree_depth_cap
 
     parts = []
     t = trajectory_cap(meta)
     if t is not None:
         parts.append(f"trajectories capped at an integration time of {t}")
+    depth = tree_depth_cap(meta)
+    if depth is not None:
+        parts.append(
+            f"at most {2**depth - 1} leapfrog steps per iteration (maximum tree depth {depth})"
+        )
     if meta.get("start") == "data":
         parts.append("chains started from data-based values")
     return "".join(f"; {p}" for p in parts)

@@ -81,10 +81,32 @@ NUTPIE_DEFAULTS: dict[str, Any] = {"early_window_switch_freq": 100, "target_inte
 LARGE_DESIGN_NUTPIE: dict[str, Any] = {"target_integration_time": 2.7}
 
 
+#: the JAX samplers' counterpart of :data:`LARGE_DESIGN_NUTPIE`: at most 2^6 - 1 =
+#: 63 leapfrog steps per iteration, which is where t = 2.7 ends trajectories for
+#: step sizes from 0.042 to 0.084. In the joint form numpyro took 31 steps per
+#: draw at twice the founding design (the cap does not bind there); its first
+#: warmup window runs with a unit mass matrix, and at 100x the founding design
+#: (default form) every iteration of it went to the maximum depth of 10
+#: (benchmarks/gpu_results.md). The cap bounds that cost.
+LARGE_DESIGN_JAX: dict[str, dict[str, Any]] = {
+    "numpyro": {"max_tree_depth": 6},
+    "blackjax": {"max_num_doublings": 6},
+}
+
+
 def nutpie_defaults(short_cap: bool = False) -> dict[str, Any]:
     """The nutpie options the package sets unless the caller does (``short_cap``:
     with :data:`LARGE_DESIGN_NUTPIE`)."""
     return {**NUTPIE_DEFAULTS, **(LARGE_DESIGN_NUTPIE if short_cap else {})}
+
+
+def sampler_defaults(sampler: str, short_cap: bool = False) -> dict[str, Any]:
+    """The options the package sets for ``sampler`` unless the caller does:
+    :func:`nutpie_defaults` for nutpie; for numpyro and blackjax a tree-depth cap
+    on large designs (:data:`LARGE_DESIGN_JAX`); none for PyMC's NUTS."""
+    if sampler == "nutpie":
+        return nutpie_defaults(short_cap)
+    return dict(LARGE_DESIGN_JAX.get(sampler, {})) if short_cap else {}
 
 
 #: nutpie's maximum tree depth unless the caller sets ``maxdepth``
@@ -415,9 +437,9 @@ def run_nuts(
     for nutpie also ``{"backend": "jax"}`` and ``{"gradient_backend": "jax"}``
     (JAX's own gradient instead of PyTensor's); the environment variable
     ``CALTARS_BAYES_NUTPIE_BACKEND`` sets nutpie's default backend, ``numba``).
-    nutpie runs with :func:`nutpie_defaults` (``short_cap``: large designs) where
-    ``nuts`` does not say otherwise,
-    and stores no warmup draws unless ``{"save_warmup": True}``; with
+    Each sampler runs with :func:`sampler_defaults` (``short_cap``: large
+    designs) where ``nuts`` does not say otherwise. nutpie stores no warmup
+    draws unless ``{"save_warmup": True}``; with
     ``{"deterministics": "after"}`` it stores only the free variables and the
     deterministics are computed from the kept draws afterwards (``"during"``:
     stored while sampling; ``"auto"``, the default: after, for large models;
@@ -508,6 +530,7 @@ def run_nuts(
         # pmap over too few devices fails.
         parallel = jax.local_device_count() >= chains
         nuts.setdefault("chain_method", "parallel" if parallel else "vectorized")
+        nuts = {**sampler_defaults(sampler, short_cap), **nuts}
         t0 = time.perf_counter()
         with model:
             dt = pm.sample(

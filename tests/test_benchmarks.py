@@ -199,14 +199,13 @@ def test_gpu_script_tiny_on_cpu(tmp_path):
     assert r["date"] in md and "NOT CONVERGED" in md  # 10 draws never converge
 
 
-def test_gpu_script_defaults_to_numpyro_with_a_depth_cap():
+def test_gpu_script_defaults_to_numpyro_with_the_package_settings():
     spec = importlib.util.spec_from_file_location("gpu_100x", BENCH / "gpu_100x.py")
     gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu)
     a = gpu.parse_args([])
     assert (a.sampler, a.subjects, a.chains, a.tune, a.draws) == ("numpyro", 5200, 4, 1000, 1000)
-    assert a.max_treedepth == gpu.NUMPYRO_MAX_TREEDEPTH == 6 and a.start == "auto"
-    assert gpu.parse_args(["--sampler", "nutpie"]).max_treedepth is None  # its own cap
+    assert a.max_treedepth is None and a.start == "auto"  # the package's large-design rule
     assert gpu.parse_args(["--max-treedepth", "8"]).max_treedepth == 8
 
 

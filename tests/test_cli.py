@@ -161,15 +161,20 @@ def test_fit_writes_outputs_and_strict_exit_code(sim_dir, tmp_path, capsys):
     assert "NOT CONVERGED" in capsys.readouterr().out
     # rerun without --force is refused, with --force accepted
     assert main(args) == 2
-    assert main([*args, "--force", "--integration-time", "2.7", "--start", "data"]) == 0
+    extra = ["--integration-time", "2.7", "--start", "data", "--max-treedepth", "9"]
+    assert main([*args, "--force", *extra]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["nuts"]["target_integration_time"] == 2.7
+    assert meta["nuts"]["max_treedepth"] == 9  # the sampler's own name for it
     assert meta["start"] == "data"
     assert "target_integration_time" not in meta["sampler_defaults"]
     with pytest.raises(SystemExit) as bad:  # argparse: one line, exit 2
         main([*args, "--force", "--integration-time", "-1"])
     assert bad.value.code == 2
     assert "must be 0 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main([*args, "--force", "--max-treedepth", "0"])
+    assert bad.value.code == 2 and "1 or more" in capsys.readouterr().err
 
 
 def test_console_script_no_traceback_unless_debug(tmp_path):

@@ -326,6 +326,16 @@ def test_methods_paragraph_from_the_fit(tiny_fit):
     assert _sampler_settings_text({**meta, "nuts": {"target_integration_time": None}}) == (
         "; chains started from data-based values"
     )
+    # numpyro on a large design: the package's tree-depth cap
+    big = {**m, "sampler": "numpyro", "start": "data", "nuts": {}}
+    big["sampler_defaults"] = {"max_tree_depth": 6}
+    assert _sampler_settings_text(big) == (
+        "; at most 63 leapfrog steps per iteration (maximum tree depth 6)"
+        "; chains started from data-based values"
+    )
+    assert _sampler_settings_text({**big, "nuts": {"max_tree_depth": 8}}).startswith(
+        "; at most 255 leapfrog steps per iteration (maximum tree depth 8)"
+    )
 
 
 def test_flagged_parameters_are_the_offenders(tiny_fit):

@@ -256,6 +256,44 @@ def test_large_designs_get_their_settings_unless_told_otherwise(
     assert not plan.large_design and not plan.joint_subject_sessions
 
 
+@pytest.mark.jax
+@pytest.mark.parametrize(
+    ("large", "nuts", "depth"),
+    [(True, None, 6), (True, {"max_tree_depth": 8}, 8), (False, None, 10)],
+)
+def test_numpyro_caps_the_tree_depth_of_large_designs(tiny_data, monkeypatch, large, nuts, depth):
+    """numpyro's counterpart of nutpie's shorter cap: a large design with many session
+    deviations runs at most 63 leapfrog steps (tree depth 6) unless the caller says
+    otherwise; other designs keep numpyro's own depth (10). Read from the kernel
+    numpyro is given (the spy stops the fit there)."""
+    pytest.importorskip("numpyro")
+    import numpyro.infer
+
+    from caltars_bayes import model as model_mod
+
+    if large:
+        monkeypatch.setattr(model_mod, "LARGE_DESIGN_SESSIONS", tiny_data.n_sessions)
+        units = tiny_data.n_sessions * tiny_data.n_scales
+        monkeypatch.setattr(model_mod, "LARGE_DESIGN_SESSION_SCALES", units)
+    seen = []
+    real = numpyro.infer.NUTS
+
+    class Stop(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.append(real(*args, **kwargs)._max_tree_depth)
+        raise Stop
+
+    monkeypatch.setattr(numpyro.infer, "NUTS", spy)
+    with pytest.raises(Stop):
+        fit_model(tiny_data, draws=5, tune=5, chains=1, sampler="numpyro", nuts=nuts)
+    assert seen == [depth]
+    assert sampling.sampler_defaults("numpyro", large) == ({"max_tree_depth": 6} if large else {})
+    assert sampling.sampler_defaults("blackjax", True) == {"max_num_doublings": 6}
+    assert sampling.sampler_defaults("pymc", True) == {}
+
+
 def test_numpyro_samples_the_joint_form_on_the_dense_layout(tiny_data):
     """Designs large enough for the joint form on a GPU use the dense layout too."""
     from dataclasses import replace
