@@ -117,8 +117,10 @@ NUTPIE_MAXDEPTH = 10
 #: take more than this are therefore not stored while sampling but computed
 #: afterwards from the kept draws (``nuts={"deterministics": "auto"}``).
 #: Measured at 10x the founding design: ``zeta`` and ``theta`` are 45% of the
-#: stored values.
-DETERMINISTICS_AFTER_BYTES = 256 * 2**20
+#: stored values. At 3x (248 MiB of deterministics) computing them afterwards
+#: lowered the peak from 1804 to 1299 MB for 0.46 s; the founding design's
+#: 89 MiB are stored (docs/model.md, "Where the memory goes").
+DETERMINISTICS_AFTER_BYTES = 128 * 2**20
 
 
 class _StepCounter:
