@@ -148,6 +148,7 @@ def run(
         simulate_trial,
     )
     from caltars_bayes.fit import trajectory_cap, tree_depth_cap
+    from caltars_bayes.sampling import TREE_DEPTH_OPTION
     from caltars_bayes.spec import models_dir
 
     t0 = time.perf_counter()
@@ -199,8 +200,7 @@ def run(
     if start != "auto":  # auto: the package's rule (data-based for large designs)
         nuts["start"] = start
     if max_treedepth is not None:
-        key = {"numpyro": "max_tree_depth", "blackjax": "max_num_doublings"}.get(sampler)
-        nuts[key or "max_treedepth"] = max_treedepth
+        nuts[TREE_DEPTH_OPTION[sampler]] = max_treedepth
     t1 = time.perf_counter()
     fit = fit_model(
         data,

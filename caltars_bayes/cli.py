@@ -161,7 +161,9 @@ def _fit_save(args: argparse.Namespace, data, out: Path):
             raise CaltarsError("--integration-time: applies to the nutpie sampler only")
         nuts["target_integration_time"] = args.integration_time or None  # 0: plain NUTS
     if getattr(args, "max_treedepth", None) is not None:
-        nuts[TREEDEPTH_OPTION[args.sampler]] = args.max_treedepth
+        from caltars_bayes.sampling import TREE_DEPTH_OPTION
+
+        nuts[TREE_DEPTH_OPTION[args.sampler]] = args.max_treedepth
     if getattr(args, "start", "auto") != "auto":
         nuts["start"] = args.start
     method = getattr(args, "method", "nuts")
@@ -252,15 +254,6 @@ def _non_negative(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
-
-
-#: each sampler's name for the maximum tree depth (--max-treedepth)
-TREEDEPTH_OPTION = {
-    "nutpie": "max_treedepth",
-    "pymc": "max_treedepth",
-    "numpyro": "max_tree_depth",
-    "blackjax": "max_num_doublings",
-}
 
 
 def _positive_int(text: str) -> int:

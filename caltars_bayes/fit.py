@@ -37,7 +37,7 @@ from caltars_bayes.errors import FitIOError
 from caltars_bayes.hypotheses import Hypotheses
 from caltars_bayes.io import atomic_write_dir, json_writer
 from caltars_bayes.model import AllianceModel, ModelPlan
-from caltars_bayes.sampling import run_nuts, sampler_defaults
+from caltars_bayes.sampling import TREE_DEPTH_OPTION, run_nuts, sampler_defaults
 from caltars_bayes.spec import AUTO, Instrument, instrument_from_dict
 
 FORMAT_VERSION = 1
@@ -235,7 +235,7 @@ def tree_depth_cap(meta: dict[str, Any]) -> int | None:
     or by the package's large-design default), from a fit's ``meta``; None when
     the sampler's own applied."""
     given = {**(meta.get("sampler_defaults") or {}), **(meta.get("nuts") or {})}
-    for key in ("max_tree_depth", "max_num_doublings", "max_treedepth", "maxdepth"):
+    for key in (TREE_DEPTH_OPTION.get(meta.get("sampler", ""), ""), "maxdepth"):
         if given.get(key) is not None:
             return int(given[key])
     return None

@@ -81,6 +81,16 @@ NUTPIE_DEFAULTS: dict[str, Any] = {"early_window_switch_freq": 100, "target_inte
 LARGE_DESIGN_NUTPIE: dict[str, Any] = {"target_integration_time": 2.7}
 
 
+#: each sampler's name for its maximum tree depth (``nuts={name: N}``: at most
+#: 2^N - 1 leapfrog steps per iteration); nutpie's own is ``maxdepth``, to which
+#: :func:`run_nuts` maps ``max_treedepth``
+TREE_DEPTH_OPTION: dict[str, str] = {
+    "nutpie": "max_treedepth",
+    "pymc": "max_treedepth",
+    "numpyro": "max_tree_depth",
+    "blackjax": "max_num_doublings",
+}
+
 #: the JAX samplers' counterpart of :data:`LARGE_DESIGN_NUTPIE`: at most 2^6 - 1 =
 #: 63 leapfrog steps per iteration, which is where t = 2.7 ends trajectories for
 #: step sizes from 0.042 to 0.084. In the joint form numpyro took 31 steps per
@@ -89,8 +99,7 @@ LARGE_DESIGN_NUTPIE: dict[str, Any] = {"target_integration_time": 2.7}
 #: (default form) every iteration of it went to the maximum depth of 10
 #: (benchmarks/gpu_results.md). The cap bounds that cost.
 LARGE_DESIGN_JAX: dict[str, dict[str, Any]] = {
-    "numpyro": {"max_tree_depth": 6},
-    "blackjax": {"max_num_doublings": 6},
+    s: {TREE_DEPTH_OPTION[s]: 6} for s in ("numpyro", "blackjax")
 }
 
 
