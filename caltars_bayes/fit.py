@@ -221,20 +221,25 @@ class Fit:
         return fit_html(self)
 
 
+def _sampler_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The sampler options a fit ran with: the package's defaults it did not
+    override, then the caller's (from a fit's ``meta``)."""
+    return {**(meta.get("sampler_defaults") or {}), **(meta.get("nuts") or {})}
+
+
 def trajectory_cap(meta: dict[str, Any]) -> float | None:
     """The integration-time cap nutpie ran with (the caller's or the package's
     default, from a fit's ``meta``); None for plain NUTS or another sampler."""
     if meta.get("sampler") != "nutpie":
         return None
-    given = {**(meta.get("sampler_defaults") or {}), **(meta.get("nuts") or {})}
-    return given.get("target_integration_time")
+    return _sampler_options(meta).get("target_integration_time")
 
 
 def tree_depth_cap(meta: dict[str, Any]) -> int | None:
     """The maximum tree depth a NUTS fit ran with when it was set (by the caller
     or by the package's large-design default), from a fit's ``meta``; None when
     the sampler's own applied."""
-    given = {**(meta.get("sampler_defaults") or {}), **(meta.get("nuts") or {})}
+    given = _sampler_options(meta)
     for key in (TREE_DEPTH_OPTION.get(meta.get("sampler", ""), ""), "maxdepth"):
         if given.get(key) is not None:
             return int(given[key])

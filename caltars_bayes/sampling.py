@@ -471,7 +471,7 @@ def run_nuts(
         gradient_backend = nuts.pop("gradient_backend", None)
         after = deterministics_after(model, store, chains, tune + draws)
         stored = [v.name for v in model.free_RVs] if after else None
-        nuts = {**nutpie_defaults(short_cap), **nuts}
+        nuts = {**sampler_defaults(sampler, short_cap), **nuts}
         if nuts.get("target_integration_time") is not None:
             nuts.setdefault("max_step_size", nuts["target_integration_time"] / 4)
         # a fit keeps no warmup draws, so nutpie need not store them (at 10x the
