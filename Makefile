@@ -31,13 +31,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/caltars-bayes demo --out demo_output --force
 
-# CI (.ci/run) runs this: ruff, mypy, and every test except the `long` ones (multi-trial studies and
+# CI (.ci/run) runs this: ruff, mypy, the layers contract (lint-imports), and every
+# test except the `long` ones (multi-trial studies and
 # the four slowest single-fit proofs, run by `make test-long`), on two
 # workers (model compilation is single-threaded, so two test files at a time keep
 # both cores busy), one worker per test file so module fixtures are fitted once.
 test: $(STAMP)
 	$(VENV)/bin/ruff check caltars_bayes tests benchmarks
 	$(VENV)/bin/mypy caltars_bayes
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not long" -n 2 --dist loadfile --durations=25
 
 test-long: $(STAMP)
@@ -49,6 +51,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check caltars_bayes tests benchmarks
 	$(VENV)/bin/mypy caltars_bayes
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out benchmarks/results.md

@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).with_name("approx_vs_nuts.md")))
     args = ap.parse_args()
 
-    from caltars_bayes.planning import plan_from_dict, run_replication
+    from caltars_bayes.studies.plan_spec import plan_from_dict
+    from caltars_bayes.studies.planning import run_replication
 
     doc = {**DOC, "plan": {**DOC["plan"], "replications": args.replications}}
     base = plan_from_dict(doc, "<approx-vs-nuts>")

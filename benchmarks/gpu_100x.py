@@ -147,9 +147,8 @@ def run(
         load_instrument,
         simulate_trial,
     )
-    from caltars_bayes.fit import trajectory_cap, tree_depth_cap
-    from caltars_bayes.sampling import TREE_DEPTH_OPTION
-    from caltars_bayes.spec import models_dir
+    from caltars_bayes.inference.record import TREE_DEPTH_OPTION
+    from caltars_bayes.spec.instrument import models_dir
 
     t0 = time.perf_counter()
     inst = load_instrument(models_dir() / "caltars.toml")
@@ -197,8 +196,6 @@ def run(
     else:
         nuts = {"chain_method": "vectorized"}
         chain_method = "vectorized"
-    if start != "auto":  # auto: the package's rule (data-based for large designs)
-        nuts["start"] = start
     if max_treedepth is not None:
         nuts[TREE_DEPTH_OPTION[sampler]] = max_treedepth
     t1 = time.perf_counter()
@@ -210,11 +207,12 @@ def run(
         chains=chains,
         sampler=sampler,
         random_seed=seed,
+        start=start,  # auto: the package's rule (data-based for large designs)
         nuts=nuts,
         progressbar=progress,
     )
     fit_s = time.perf_counter() - t1
-    d, t = fit.diagnostics, fit.meta["timings"]
+    d, t = fit.diagnostics, fit.record.timings
     diag_s = t["total_s"] - t["build_s"] - t["sampling_s"]
     print(
         f"[{time.perf_counter() - t_start:.0f} s] fitted: sampling {t['sampling_s']:.1f} s "
@@ -248,17 +246,17 @@ def run(
         },
         "settings": {
             "likelihood_layout": am.plan.likelihood_layout,
-            "max_treedepth": tree_depth_cap(fit.meta),  # given, or the package's default
+            "max_treedepth": fit.record.tree_depth_cap(),  # given, or the package's default
             "sampler": sampler,
             "chains": chains,
             "tune": tune,
             "draws": draws,
             "chain_method": chain_method,
-            "start": fit.meta["start"],
+            "start": fit.record.start,
             "joint_subject_sessions": fit.plan.joint_subject_sessions,
             "large_design": fit.plan.large_design,
             # nutpie's trajectory cap (given or the package's default)
-            "integration_time": trajectory_cap(fit.meta),
+            "integration_time": fit.record.trajectory_cap(),
             "gradient_backend": gradient_backend if sampler == "nutpie" else "jax",
             "seed": seed,
         },
@@ -367,7 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--start",
         choices=["auto", "default", "data"],
         default="auto",
-        help="starting values: the model's defaults or data-based (caltars_bayes.start); "
+        help="starting values: the model's defaults or data-based (caltars_bayes.inference.start); "
         "auto (the package's rule): data-based for large designs such as 100x",
     )
     ap.add_argument(
@@ -382,7 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="default: the package's (for large designs such as 100x: 6 for numpyro, i.e. "
-        "at most 63 leapfrog steps, caltars_bayes.sampling.LARGE_DESIGN_JAX; nutpie caps "
+        "at most 63 leapfrog steps, caltars_bayes.inference.sampling.LARGE_DESIGN_JAX; nutpie caps "
         "trajectories by integration time instead)",
     )
     ap.add_argument("--max-cpu-subjects", type=int, default=60)

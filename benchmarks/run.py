@@ -24,7 +24,7 @@ Four sections, each selectable with ``--only`` (comma-separated):
 ``approx``
     Pathfinder and ADVI against NUTS on the founding design: error of the
     posterior means in posterior-SD units and the ratio of 95% HDI widths
-    (:func:`caltars_bayes.approx.compare_posteriors`).
+    (:func:`caltars_bayes.inference.approx.compare_posteriors`).
 Every case runs in its own process (clean peak memory). Raw results are kept
 in a JSON file beside the markdown (``results.json``), so rerunning one
 section keeps the others; the markdown is regenerated from all of them.
@@ -91,7 +91,7 @@ def _simulate(subjects: int, sessions: int, judges: int, covariates: bool, seed:
         load_instrument,
         simulate_trial,
     )
-    from caltars_bayes.spec import models_dir
+    from caltars_bayes.spec.instrument import models_dir
 
     inst = load_instrument(models_dir() / "caltars.toml")
     trial = simulate_trial(
@@ -157,15 +157,14 @@ def run_case(
     """Simulate, fit and measure one case (runs inside a child process).
 
     ``options`` replace the instrument's model options; ``nuts`` go to the sampler;
-    ``large_design`` replaces the thresholds ``model.LARGE_DESIGN_SESSIONS`` and
-    ``model.LARGE_DESIGN_SESSION_SCALES`` (smoke runs).
+    ``large_design`` replaces the thresholds ``model.plan.LARGE_DESIGN_SESSIONS`` and
+    ``model.plan.LARGE_DESIGN_SESSION_SCALES`` (smoke runs).
     """
     t0 = time.perf_counter()
     from dataclasses import replace
 
     from caltars_bayes import AllianceModel, fit_model
-    from caltars_bayes import model as model_module
-    from caltars_bayes.fit import trajectory_cap
+    from caltars_bayes.model import plan as model_module
 
     if large_design is not None:
         model_module.LARGE_DESIGN_SESSIONS = large_design["sessions"]
@@ -187,7 +186,7 @@ def run_case(
     )
     peak_mb = _peak_mb()  # before anything else is compiled
     d = fit.diagnostics
-    t = fit.meta["timings"]
+    t = fit.record.timings
     ss = fit.sample_stats
     steps = float(ss["n_steps"].mean()) if ss is not None and "n_steps" in ss else float("nan")
     # sample_stats keep only the draws; nutpie's tuning steps are counted apart
@@ -223,10 +222,10 @@ def run_case(
         "joint_subject_sessions": fit.plan.joint_subject_sessions,
         "large_design": fit.plan.large_design,
         "short_trajectory_cap": fit.plan.short_trajectory_cap,
-        "nuts": fit.meta["nuts"],
-        "start": fit.meta["start"],
+        "nuts": fit.record.nuts,
+        "start": fit.record.start,
         # the cap nutpie ran with (given or the package's default; None: plain NUTS)
-        "integration_time": trajectory_cap(fit.meta),
+        "integration_time": fit.record.trajectory_cap(),
         "peak_memory_mb": peak_mb,
     }
     if summary_out:
@@ -271,7 +270,7 @@ def run_approx_case(
     import pandas as pd
 
     from caltars_bayes import fit_model
-    from caltars_bayes.approx import compare_posteriors
+    from caltars_bayes.inference.approx import compare_posteriors
 
     data = _simulate(subjects, sessions, judges, True, seed)
     if reference and Path(reference["summary"]).is_file():
@@ -297,10 +296,10 @@ def run_approx_case(
         )
         total = time.perf_counter() - t0
         cmp = compare_posteriors(ref, fit.summary())
-        info = fit.meta["approximation"]
+        info = fit.record.approximation
         out["methods"][method] = {
             "total_s": total,
-            "compile_s": fit.meta["timings"]["compile_s"],
+            "compile_s": fit.record.timings["compile_s"],
             "pareto_k": info["pareto_k"],
             "info": {
                 k: v

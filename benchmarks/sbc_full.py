@@ -95,8 +95,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2018)
     args = ap.parse_args()
 
-    from caltars_bayes.sbc import run_sbc
-    from caltars_bayes.spec import load_instrument, models_dir
+    from caltars_bayes.spec.instrument import load_instrument, models_dir
+    from caltars_bayes.studies.sbc import run_sbc
 
     settings = dict(TINY if args.tiny else FULL)
     if args.sims:

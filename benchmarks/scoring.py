@@ -41,15 +41,16 @@ HERE = Path(__file__).resolve().parent
 
 
 def _instrument():
-    from caltars_bayes.spec import load_instrument, models_dir
+    from caltars_bayes.spec.instrument import load_instrument, models_dir
 
     return load_instrument(models_dir() / "caltars.toml")
 
 
 def section_timing(seed: int) -> dict[str, Any]:
-    from caltars_bayes.calibration import oracle_calibration, score_trial
-    from caltars_bayes.data import RatingData
-    from caltars_bayes.simulate import simulate_trial
+    from caltars_bayes.data.ratings import RatingData
+    from caltars_bayes.model.simulate import simulate_trial
+    from caltars_bayes.scoring.calibration import oracle_calibration
+    from caltars_bayes.scoring.trial import score_trial
 
     inst = _instrument()
     calib = simulate_trial(inst, n_subjects=52, n_sessions=4, n_judges=3, seed=seed)
@@ -92,10 +93,11 @@ def _truth(trial, a_subjects: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def section_proof(seed: int, quick: bool) -> dict[str, Any]:
-    from caltars_bayes.calibration import calibrate, score_trial
-    from caltars_bayes.data import RatingData
-    from caltars_bayes.fit import fit_model
-    from caltars_bayes.simulate import simulate_ratings, simulate_trial
+    from caltars_bayes.data.ratings import RatingData
+    from caltars_bayes.inference.fit import fit_model
+    from caltars_bayes.model.simulate import simulate_ratings, simulate_trial
+    from caltars_bayes.scoring.calibration import calibrate
+    from caltars_bayes.scoring.trial import score_trial
 
     inst = _instrument()
     n_a, n_b = (30, 15) if quick else (52, 30)

@@ -176,7 +176,7 @@ def fit_brms_equivalent(
     dict with ``ratings, compile_s, sampling_s, total_s, steps_per_draw,
     min_ess_bulk, ess_per_s, max_rhat, divergences`` and the posterior mean SDs.
     """
-    from caltars_bayes.sampling import run_nuts
+    from caltars_bayes.inference.sampling import run_nuts
 
     t0 = time.perf_counter()
     model = build_brms_equivalent(df)
@@ -218,7 +218,7 @@ def fit_brms_equivalent(
 def single_scale_data(df: pd.DataFrame):
     """The package's :class:`RatingData` for scale 1 of the anchor trial (CALTARS codes)."""
     from caltars_bayes import RatingData, load_instrument
-    from caltars_bayes.spec import models_dir
+    from caltars_bayes.spec.instrument import models_dir
 
     inst = load_instrument(models_dir() / "caltars.toml")
     first = inst.scales[0]
@@ -254,7 +254,7 @@ def fit_caltars_single(
         data, draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=False
     )
     total = time.perf_counter() - t0
-    d, t, ss = fit.diagnostics, fit.meta["timings"], fit.sample_stats
+    d, t, ss = fit.diagnostics, fit.record.timings, fit.sample_stats
     return {
         "ratings": data.n_ratings,
         "build_s": t["build_s"],

@@ -40,9 +40,9 @@ import tempfile
 from pathlib import Path
 
 import caltars_bayes as cb
-from caltars_bayes.reliability import reliability
-from caltars_bayes.report import build_report
-from caltars_bayes.spec import models_dir
+from caltars_bayes.analysis.reliability import reliability
+from caltars_bayes.report.build import build_report
+from caltars_bayes.spec.instrument import models_dir
 
 SMALL = os.environ.get("CALTARS_BAYES_NOTEBOOK_DRAWS")
 if SMALL:  # a quick run-through: tiny trial, few draws

@@ -30,8 +30,13 @@ import os
 import matplotlib.pyplot as plt
 
 import caltars_bayes as cb
-from caltars_bayes.reliability import dstudy, judge_reliability, reliability, true_reliability
-from caltars_bayes.spec import models_dir
+from caltars_bayes.analysis.reliability import (
+    dstudy,
+    judge_reliability,
+    reliability,
+    true_reliability,
+)
+from caltars_bayes.spec.instrument import models_dir
 
 SMALL = os.environ.get("CALTARS_BAYES_NOTEBOOK_DRAWS")
 if SMALL:

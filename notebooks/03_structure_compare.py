@@ -29,14 +29,14 @@ import os
 import matplotlib.pyplot as plt
 
 import caltars_bayes as cb
-from caltars_bayes.compare import compare_fits, plot_compare
-from caltars_bayes.spec import models_dir
-from caltars_bayes.structure import (
+from caltars_bayes.analysis.compare import compare_fits, plot_compare
+from caltars_bayes.analysis.structure import (
     classical_structure,
     factor_correlations,
     plot_factor_correlations,
     standardised_loadings,
 )
+from caltars_bayes.spec.instrument import models_dir
 
 SMALL = os.environ.get("CALTARS_BAYES_NOTEBOOK_DRAWS")
 if SMALL:

@@ -39,9 +39,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import caltars_bayes as cb
-from caltars_bayes.associations import associations, plot_associations
-from caltars_bayes.hypotheses import load_hypotheses, summarise_verdicts, test_hypotheses
-from caltars_bayes.spec import models_dir
+from caltars_bayes.analysis.associations import associations, plot_associations
+from caltars_bayes.analysis.validity import summarise_verdicts, test_hypotheses
+from caltars_bayes.spec.hypotheses import load_hypotheses
+from caltars_bayes.spec.instrument import models_dir
 
 SMALL = os.environ.get("CALTARS_BAYES_NOTEBOOK_DRAWS")
 if SMALL:
@@ -94,7 +95,7 @@ fit
 # reported. Measurement error pulls the classical r towards zero.
 
 # %%
-assoc = associations(fit)
+assoc = associations(fit, hypotheses=hyps)
 assoc[["scale", "covariate", "level", "median", "hdi_low", "hdi_high", "p_positive",
        "classical_r", "classical_p"]].round(3)  # fmt: skip
 
@@ -138,7 +139,7 @@ verdicts[["scale", "covariate", "direction", "median", "hdi_low", "hdi_high", "p
 # red contradicted, amber inconclusive), the crosses the classical r.
 
 # %%
-fig = plot_associations(fit, hyps)
+fig = plot_associations(fit, assoc, verdicts)
 plt.show()
 
 # %% [markdown]

@@ -28,8 +28,9 @@ import tempfile
 from pathlib import Path
 
 import caltars_bayes as cb
-from caltars_bayes.calibration import calibrate, load_calibration, score
-from caltars_bayes.spec import models_dir
+from caltars_bayes.scoring.calibration import calibrate, load_calibration
+from caltars_bayes.scoring.trial import score
+from caltars_bayes.spec.instrument import models_dir
 
 SMALL = os.environ.get("CALTARS_BAYES_NOTEBOOK_DRAWS")
 if SMALL:

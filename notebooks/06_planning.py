@@ -35,8 +35,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from caltars_bayes.planning import load_plan, run_plan
-from caltars_bayes.spec import models_dir
+from caltars_bayes.spec.instrument import models_dir
+from caltars_bayes.studies.planning import load_plan, run_plan
 
 SMALL = os.environ.get("CALTARS_BAYES_NOTEBOOK_DRAWS")
 WORK = Path(tempfile.mkdtemp(prefix="caltars_planning_"))

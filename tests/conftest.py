@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from caltars_bayes.spec import Instrument, load_instrument, models_dir
+from caltars_bayes.spec.instrument import Instrument, load_instrument, models_dir
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ os.environ.setdefault("CALTARS_BAYES_NUTPIE_BACKEND", "jax")
 
 @pytest.fixture(scope="session")
 def tiny_trial(calpas):
-    from caltars_bayes.simulate import simulate_trial
+    from caltars_bayes.model.simulate import simulate_trial
 
     return simulate_trial(
         calpas,
@@ -42,7 +42,7 @@ def tiny_trial(calpas):
 @pytest.fixture(scope="session")
 def tiny_fit(tiny_trial):
     """A short (unconverged) fit shared by flow tests."""
-    from caltars_bayes.fit import fit_model
+    from caltars_bayes.inference.fit import fit_model
 
     return fit_model(
         tiny_trial.to_rating_data(),
@@ -63,7 +63,7 @@ def correlated_factor_fits(calpas):
     """Trial with four factors correlated .3, fitted with its scales and with one factor."""
     from synthetic import PROOF_DESIGN, fit_structures
 
-    from caltars_bayes.simulate import simulate_trial
+    from caltars_bayes.model.simulate import simulate_trial
 
     trial = simulate_trial(calpas, factor_corr=0.3, seed=11, **PROOF_DESIGN)
     return trial, fit_structures(trial, calpas, ["default", "general"])
@@ -74,7 +74,7 @@ def one_factor_fits(calpas):
     """Trial with one factor behind all items, fitted with the four scales and with one factor."""
     from synthetic import PROOF_DESIGN, fit_structures
 
-    from caltars_bayes.simulate import simulate_trial
+    from caltars_bayes.model.simulate import simulate_trial
 
     trial = simulate_trial(calpas.with_structure("general"), seed=12, **PROOF_DESIGN)
     return trial, fit_structures(trial, calpas, ["default", "general"])
@@ -85,7 +85,7 @@ def interaction_misfit(calpas):
     """Trial with a strong judge x subject interaction, fitted WITHOUT the interaction."""
     from synthetic import PROOF_DESIGN, fit_structures
 
-    from caltars_bayes.simulate import simulate_trial
+    from caltars_bayes.model.simulate import simulate_trial
 
     trial = simulate_trial(calpas, sd_interaction=0.8, seed=21, **PROOF_DESIGN)
     return trial, fit_structures(trial, calpas, ["default"])["default"]
@@ -98,7 +98,7 @@ def dask_client():
 
     from distributed import Client, LocalCluster
 
-    from caltars_bayes.tasks import WORKER_ENV
+    from caltars_bayes.studies.tasks import WORKER_ENV
 
     cluster = LocalCluster(
         n_workers=2,
@@ -121,8 +121,8 @@ def calibration_fits(calpas):
     Shared by the slow calibration and borrowing tests (test_calibration.py,
     test_borrow.py). The fit is short (2 x 250 draws) and does not converge.
     """
-    from caltars_bayes.fit import fit_model
-    from caltars_bayes.simulate import simulate_trial
+    from caltars_bayes.inference.fit import fit_model
+    from caltars_bayes.model.simulate import simulate_trial
 
     trial = simulate_trial(calpas, n_subjects=45, n_sessions=2, n_judges=3, seed=21)
     data = trial.to_rating_data()

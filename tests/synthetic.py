@@ -3,7 +3,7 @@
 ``posterior_from_truth`` turns a simulated trial's true parameters into a
 posterior-shaped Dataset (every draw near the truth), ``prior_fit`` draws a
 model's parameters from its prior, and ``synthetic_fit`` wraps either into a
-:class:`caltars_bayes.fit.Fit`.
+:class:`caltars_bayes.inference.fit.Fit`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from caltars_bayes.data import RatingData
-from caltars_bayes.diagnostics import check_convergence
-from caltars_bayes.fit import FORMAT_VERSION, Fit, data_hash
-from caltars_bayes.model import AllianceModel, plan_model
-from caltars_bayes.simulate import Trial
+from caltars_bayes.data.ratings import RatingData
+from caltars_bayes.inference.diagnostics import check_convergence
+from caltars_bayes.inference.fit import Fit, data_hash
+from caltars_bayes.inference.record import FitRecord
+from caltars_bayes.model.build import AllianceModel
+from caltars_bayes.model.plan import plan_model
+from caltars_bayes.model.simulate import Trial
 
 
 def synthetic_fit(data: RatingData, post: xr.Dataset) -> Fit:
@@ -26,18 +28,18 @@ def synthetic_fit(data: RatingData, post: xr.Dataset) -> Fit:
     dt = xr.DataTree.from_dict({"posterior": post})
     n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
     plan = plan_model(data)
-    meta = {
-        "format": FORMAT_VERSION,
-        "plan": plan.to_dict(),
-        "data_hash": data_hash(data),
-        "spec_hash": data.instrument.hash(),
-        "draws": n_draw,
-        "tune": n_draw,
-        "chains": n_chain,
-        "sampler": "nutpie",
-        "random_seed": 1,
-    }
-    return Fit(dt, data, plan, check_convergence(post, None), meta)
+    record = FitRecord(
+        sampler="nutpie",
+        method="NUTS",
+        draws=n_draw,
+        tune=n_draw,
+        chains=n_chain,
+        random_seed=1,
+        target_accept=0.9,
+        data_hash=data_hash(data),
+        spec_hash=data.instrument.hash(),
+    )
+    return Fit(dt, data, plan, check_convergence(post, None), record)
 
 
 def posterior_from_truth(
@@ -132,7 +134,7 @@ PROOF_DESIGN = {"n_subjects": 16, "n_sessions": 4, "n_judges": 2}
 
 def fit_structures(trial: Trial, instrument, names: list[str], **options) -> dict[str, Fit]:
     """Fit the same ratings under structures of ``instrument`` (``"default"``: its scales)."""
-    from caltars_bayes.fit import fit_model
+    from caltars_bayes.inference.fit import fit_model
 
     out = {}
     for name in names:

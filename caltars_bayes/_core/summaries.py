@@ -1,0 +1,131 @@
+"""Posterior summaries, one copy each: every table's mean, sd, median and HDI come from here.
+
+- :func:`describe`: mean, sd, median and highest-density interval of a
+  DataArray over its sample dims, one row per element (ArviZ's HDI).
+- :func:`describe_finite`: the same over the finite draws only, with the
+  number of draws used (for quantities undefined in some draws).
+- :func:`weighted_describe`: mean, sd and HDI of importance-weighted draws.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from arviz_stats import hdi
+from arviz_stats.base import array_stats
+
+from caltars_bayes._core.dims import CI_PROB, SAMPLE_DIMS
+
+
+def describe(da: xr.DataArray, prob: float = CI_PROB) -> pd.DataFrame:
+    """Posterior mean, sd, median and HDI of a DataArray, one row per element.
+
+    Returns
+    -------
+    DataFrame indexed by the array's non-sample dims, columns ``mean, sd,
+    median, hdi_low, hdi_high``.
+    """
+    stats = xr.Dataset(
+        {
+            "mean": da.mean(SAMPLE_DIMS),
+            "sd": da.std(SAMPLE_DIMS, ddof=1),
+            "median": da.median(SAMPLE_DIMS),
+        }
+    )
+    h = hdi(da, prob=prob)
+    stats["hdi_low"] = h.sel(ci_bound="lower", drop=True)
+    stats["hdi_high"] = h.sel(ci_bound="upper", drop=True)
+    if not da.dims or set(da.dims) <= set(SAMPLE_DIMS):
+        return pd.DataFrame({k: [float(stats[k])] for k in stats.data_vars})
+    return stats.to_dataframe()[["mean", "sd", "median", "hdi_low", "hdi_high"]]
+
+
+def describe_finite(da: xr.DataArray, prob: float) -> pd.DataFrame:
+    """Median, mean, HDI and draws used of a (chain, draw, ...) array; NaN draws skipped."""
+    other = [d for d in da.dims if d not in SAMPLE_DIMS]
+    stacked = da.stack(sample=SAMPLE_DIMS).transpose(*other, "sample")
+    vals = np.asarray(stacked.values, dtype=float)
+    ok = np.isfinite(vals)
+    n = ok.sum(-1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells
+        med = np.nanmedian(vals, axis=-1)
+        mean = np.nanmean(vals, axis=-1)
+    h = np.full((*vals.shape[:-1], 2), np.nan)
+    if vals.size:
+        flat = vals.reshape(-1, vals.shape[-1])
+        hflat = h.reshape(-1, 2)
+        for i, row in enumerate(flat):
+            r = row[np.isfinite(row)]
+            if r.size >= 2:
+                hflat[i] = array_stats.hdi(r, prob)
+        h = hflat.reshape(h.shape)
+    index = (
+        pd.MultiIndex.from_product([stacked.coords[d].values for d in other], names=other)
+        if other
+        else pd.RangeIndex(1)
+    )
+    return pd.DataFrame(
+        {
+            "median": med.ravel(),
+            "mean": mean.ravel(),
+            "hdi_low": h[..., 0].ravel(),
+            "hdi_high": h[..., 1].ravel(),
+            "n_draws": n.ravel(),
+        },
+        index=index,
+    )
+
+
+def weighted_describe(
+    x: np.ndarray, log_w: np.ndarray | None = None, prob: float = CI_PROB
+) -> dict[str, np.ndarray]:
+    """Weighted mean, sd and highest-density interval of draws, row by row.
+
+    Parameters
+    ----------
+    x : values, shape ``(rows, draws)``.
+    log_w : log importance weights of the same shape (uniform when ``None``).
+    prob : HDI probability.
+
+    Returns
+    -------
+    dict with arrays ``mean, sd, hdi_low, hdi_high`` (one value per row). The
+    sd uses the reliability-weights correction (``ddof=1`` for equal weights);
+    the HDI is the shortest interval between two draws whose weights sum to at
+    least ``prob``.
+    """
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    q, n = x.shape
+    if log_w is None:
+        w = np.full((q, n), 1.0 / n)
+    else:
+        lw = np.atleast_2d(np.asarray(log_w, dtype=float))
+        lw = lw - lw.max(axis=1, keepdims=True)
+        w = np.exp(lw)
+        w /= w.sum(axis=1, keepdims=True)
+    mean = (w * x).sum(axis=1)
+    var = (w * (x - mean[:, None]) ** 2).sum(axis=1)
+    denom = 1.0 - (w**2).sum(axis=1)
+    sd = np.sqrt(np.where(denom > 0, var / np.where(denom > 0, denom, 1.0), 0.0))
+    order = np.argsort(x, axis=1, kind="stable")
+    xs = np.take_along_axis(x, order, axis=1)
+    ws = np.take_along_axis(w, order, axis=1)
+    cum = np.cumsum(ws, axis=1)
+    prev = np.concatenate([np.zeros((q, 1)), cum[:, :-1]], axis=1)
+    # for each start i, the first end j with cum[j] - prev[i] >= prob; rows are
+    # offset by 2 so that one sorted search serves every row
+    off = 2.0 * np.arange(q)[:, None]
+    flat = (cum + off).ravel()
+    target = (prev + prob - 1e-12 + off).ravel()
+    j = np.searchsorted(flat, target, side="left").reshape(q, n) - (np.arange(q) * n)[:, None]
+    ok = j < n
+    jj = np.minimum(j, n - 1)
+    width = np.where(ok, np.take_along_axis(xs, jj, axis=1) - xs, np.inf)
+    best = np.argmin(width, axis=1)
+    lo = xs[np.arange(q), best]
+    hi = xs[np.arange(q), jj[np.arange(q), best]]
+    return {"mean": mean, "sd": sd, "hdi_low": lo, "hdi_high": hi}

@@ -1,0 +1,270 @@
+"""The comparison table of several fits (``compare_fits``) and its plot.
+
+Models are ranked by elpd; ``elpd_diff`` is the difference from the best
+model with its standard error ``dse`` (from the pointwise differences), and
+``weight`` are stacking weights (Yao et al. 2018).
+
+Pareto k and the fallbacks
+--------------------------
+When any model has units with Pareto k above
+:data:`~caltars_bayes.analysis.compare.loo.K_THRESHOLD` (0.7),
+:func:`compare_fits` warns (:class:`~caltars_bayes._core.errors.CaltarsWarning`)
+and, by default (``fallback="moment_match"``), first improves them by
+importance-weighted moment matching
+(:func:`~caltars_bayes.analysis.compare.moment_match.loo_moment_match_fit`;
+Paananen et al. 2021): the posterior draws, on the model's unconstrained space
+(:mod:`caltars_bayes.inference.unconstrained`), are moved by affine maps towards the
+leave-one-out posterior and reweighted with the model's joint density, so no
+refit is needed. For ``by="session"`` the held-out likelihood is the integrated
+session likelihood, as in PSIS-LOO. If some unit still has k > 0.7 afterwards
+(or the fit's model cannot be rebuilt, e.g. borrowed priors), it warns again
+and re-estimates *every* model's elpd by K-fold cross-validation
+(:func:`~caltars_bayes.analysis.compare.kfold.kfold_fit`; ``fallback="kfold"``
+does so at once), so that all models are compared with the same estimator.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from arviz_stats import compare as az_compare
+from arviz_stats.utils import ELPDData, ELPDDataLOO
+
+from caltars_bayes._core.errors import CaltarsError, CaltarsWarning
+from caltars_bayes.analysis.compare.kfold import kfold_fit
+from caltars_bayes.analysis.compare.loo import K_THRESHOLD, loo_fit
+from caltars_bayes.analysis.compare.moment_match import loo_moment_match_fit
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from caltars_bayes.inference.fit import Fit
+
+#: What :func:`compare_fits` does when some Pareto k is high.
+FALLBACKS = ("moment_match", "kfold", "none")
+#: Columns of :func:`compare_fits`.
+COMPARE_COLUMNS = [
+    "name", "elpd", "se", "elpd_diff", "dse", "weight", "p_loo", "pareto_k_max", "n_high_k",
+    "n_units", "by", "method", "converged",
+]  # fmt: skip
+
+
+def _check_same_data(fits: Mapping[str, Fit]) -> None:
+    names = list(fits)
+    ref = fits[names[0]].record.data_hash
+    for n in names[1:]:
+        h = fits[n].record.data_hash
+        if h is None or ref is None or h != ref:
+            raise CaltarsError(
+                f"compare: {n!r} was fitted to different data than {names[0]!r} "
+                f"(data hash {h} vs {ref}); models can only be compared on the same ratings"
+            )
+
+
+def compare_fits(
+    fits: Mapping[str, Fit],
+    by: str = "session",
+    *,
+    fallback: str = "moment_match",
+    n_folds: int = 5,
+    seed: int = 0,
+    fit_options: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Compare models fitted to the same ratings by cross-validated elpd.
+
+    Parameters
+    ----------
+    fits : name -> fit (at least two, same data: refused otherwise).
+    by : ``"session"`` (leave one session out, default) or ``"rating"``.
+    fallback : what to do when some unit has Pareto k > 0.7 (always with a
+        :class:`~caltars_bayes._core.errors.CaltarsWarning`): ``"moment_match"``
+        (default: moment match the high-k units of the models that have them,
+        :func:`loo_moment_match_fit`, no refit; if some unit still has k > 0.7,
+        or moment matching is not possible, warn again and K-fold every model),
+        ``"kfold"`` (K-fold cross-validation of every model at once, K refits
+        each) or ``"none"`` (keep PSIS-LOO).
+    n_folds, seed, fit_options : K-fold settings (see :func:`kfold_fit`).
+
+    Returns
+    -------
+    DataFrame, best model first, with columns
+
+    ``name``
+        The model's name (key of ``fits``).
+    ``elpd``, ``se``
+        Estimated expected log predictive density (sum over units) and its SE.
+    ``elpd_diff``, ``dse``
+        This model's elpd minus the best model's (0 for the best, negative
+        otherwise) and the SE of that difference (from the pointwise differences).
+    ``weight``
+        Stacking weight (weights sum to 1).
+    ``p_loo``
+        Effective number of parameters (in-sample lpd minus elpd).
+    ``pareto_k_max``, ``n_high_k``
+        Largest Pareto k and the number of units with k > 0.7 of the
+        importance-sampling estimate: after moment matching where it was
+        applied, else of plain PSIS (also when K-fold replaced it).
+    ``n_units``, ``by``
+        Number and kind of left-out units.
+    ``method``
+        ``"psis"``, ``"psis+mm"`` (PSIS with moment-matched high-k units) or
+        ``"kfold(K)"``.
+    ``converged``
+        The fit's convergence verdict. ``attrs["diagnostics"]`` holds each
+        fit's banner, ``attrs["warnings"]`` the Pareto-k warnings.
+    """
+    if len(fits) < 2:
+        raise CaltarsError("compare: give at least two fits")
+    if by not in ("session", "rating"):
+        raise CaltarsError(f"compare: --by must be 'session' or 'rating', got {by!r}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
+    _check_same_data(fits)
+    loos = {name: loo_fit(fit, by) for name, fit in fits.items()}
+    messages: list[str] = []
+
+    def note(msg: str) -> None:
+        warnings.warn(msg, CaltarsWarning, stacklevel=3)
+        messages.append(msg)
+
+    elpds: dict[str, ELPDData] = dict(loos)
+    methods = dict.fromkeys(fits, "psis")
+    bad = [n for n in fits if _n_high(loos[n])]
+    kfold = fallback == "kfold" and bool(bad)
+    if bad:
+        action = {
+            "moment_match": "moment matching their high-k units (no refit)",
+            "kfold": (
+                f"re-estimating every model by {n_folds}-fold cross-validation "
+                f"({n_folds} refits each)"
+            ),
+            "none": "PSIS-LOO kept (fallback disabled): treat these elpd values with caution",
+        }[fallback]
+        note(f"PSIS-LOO unreliable: {_detail(bad, loos, by)}; {action}")
+    if bad and fallback == "moment_match":
+        try:
+            for n in bad:
+                loos[n] = loo_moment_match_fit(fits[n], loos[n], by)
+                elpds[n] = loos[n]
+                methods[n] = "psis+mm"
+        except CaltarsError as exc:
+            note(f"moment matching not possible ({exc}); {n_folds}-fold cross-validation instead")
+            kfold = True
+        else:
+            still = [n for n in bad if _n_high(loos[n])]
+            if still:
+                note(
+                    f"after moment matching: {_detail(still, loos, by)}; re-estimating every "
+                    f"model by {n_folds}-fold cross-validation ({n_folds} refits each)"
+                )
+                kfold = True
+    if kfold:
+        try:
+            elpds = {
+                n: kfold_fit(f, by, n_folds, seed=seed, fit_options=fit_options)
+                for n, f in fits.items()
+            }
+            methods = dict.fromkeys(fits, f"kfold({n_folds})")
+        except CaltarsError as exc:
+            note(f"K-fold not possible ({exc}); PSIS-LOO kept")
+    out = _table(fits, loos, elpds, methods, by)
+    out.attrs["warnings"] = messages
+    return out[COMPARE_COLUMNS]
+
+
+def _n_high(lo: ELPDDataLOO) -> int:
+    """Number of units with Pareto k above :data:`K_THRESHOLD`."""
+    return int(np.sum(lo.pareto_k.values > K_THRESHOLD))
+
+
+def _detail(names: list[str], loo: Mapping[str, ELPDDataLOO], by: str) -> str:
+    """The high-k units of each named model, for a warning."""
+    return "; ".join(
+        f"{n}: {_n_high(loo[n])} of {loo[n].n_data_points} {by}s with Pareto k > {K_THRESHOLD} "
+        f"(max {float(np.nanmax(loo[n].pareto_k.values)):.2f})"
+        for n in names
+    )
+
+
+def _table(
+    fits: Mapping[str, Fit],
+    loos: Mapping[str, ELPDDataLOO],
+    elpds: Mapping[str, ELPDData],
+    methods: Mapping[str, str],
+    by: str,
+) -> pd.DataFrame:
+    """The comparison table (best model first) from the elpd estimates and PSIS-LOOs."""
+    k_max = {n: float(np.nanmax(lo.pareto_k.values)) for n, lo in loos.items()}
+    n_high = {n: _n_high(lo) for n, lo in loos.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # arviz's own k and |diff| < 4 notes
+        table = az_compare(elpds, method="stacking", round_to="none")
+    out = pd.DataFrame(
+        {
+            "name": [str(n) for n in table.index],
+            "elpd": table["elpd"].to_numpy(float),
+            "se": table["se"].to_numpy(float),
+            "elpd_diff": table["elpd_diff"].to_numpy(float),
+            "dse": table["dse"].to_numpy(float),
+            "weight": table["weight"].to_numpy(float),
+            "p_loo": table["p"].to_numpy(float),
+            "pareto_k_max": [k_max[n] for n in table.index],
+            "n_high_k": [n_high[n] for n in table.index],
+            "n_units": [loos[n].n_data_points for n in table.index],
+            "by": by,
+            "method": [methods[n] for n in table.index],
+            "converged": [bool(fits[n].converged) for n in table.index],
+        }
+    )
+    # ArviZ reports elpd_diff as best minus model; ours is model minus best (<= 0)
+    out["elpd_diff"] = out["elpd"] - out["elpd"].iloc[0]
+    out.attrs["diagnostics"] = "; ".join(
+        f"{n}: {fits[n].diagnostics.banner()}" for n in out["name"]
+    )
+    return out
+
+
+def plot_compare(table: pd.DataFrame) -> Figure:
+    """Plot a comparison table: each model's elpd (+-SE) and its difference from the best (+-dSE).
+
+    Returns
+    -------
+    matplotlib Figure (one panel; best model at the top).
+    """
+    import matplotlib.pyplot as plt
+
+    tab = table.reset_index(drop=True)
+    n = len(tab)
+    fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.55 * n))
+    y = np.arange(n)[::-1].astype(float)
+    ax.errorbar(
+        tab["elpd"], y, xerr=tab["se"], fmt="o", color="black", mfc="white", capsize=3,
+        label="elpd \u00b1 SE",
+    )  # fmt: skip
+    best = float(tab["elpd"].iloc[0])
+    if n > 1:
+        ax.errorbar(
+            best + tab["elpd_diff"].iloc[1:], y[1:] - 0.22, xerr=tab["dse"].iloc[1:], fmt="^",
+            color="tab:grey", capsize=3, label="difference from best \u00b1 dSE",
+        )  # fmt: skip
+    ax.axvline(best, color="tab:grey", lw=0.8, ls="--")
+    labels = [
+        f"{r.name}  (w = {r.weight:.2f}{', k>0.7: ' + str(int(r.n_high_k)) if r.n_high_k else ''})"
+        for r in tab.itertuples()
+    ]
+    ax.set_yticks(y, labels)
+    method = tab["method"].iloc[0] if "method" in tab else ""
+    by = tab["by"].iloc[0] if "by" in tab else ""
+    ax.set_xlabel(f"elpd ({method}, leave one {by} out)" if by else "elpd")
+    ax.legend(loc="lower left", fontsize="small", frameon=False)
+    banner = table.attrs.get("diagnostics", "")
+    if "converged" in tab and not tab["converged"].all():
+        ax.set_title("NOT CONVERGED fit(s): read with caution", fontsize="small", color="firebrick")
+    elif banner:
+        ax.set_title("all fits converged", fontsize="small")
+    fig.tight_layout()
+    return fig

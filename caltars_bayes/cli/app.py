@@ -1,0 +1,91 @@
+"""The ``caltars-bayes`` command line: one small module per command.
+
+Each command module has ``add_parser(sub)`` and ``run(args)``; ``run`` parses
+what argparse cannot, calls one library function and prints. The library is
+imported inside ``run``, so ``caltars-bayes --help`` imports no PyMC.
+
+Exit codes: 0 success; 2 bad input (one-line error, no traceback unless
+``--debug``); 3 ``--strict`` and the fit did not converge; 1 ``plan``/``sbc``:
+some tasks failed (rerun to retry them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from types import ModuleType
+
+from caltars_bayes._core.errors import CaltarsError, CaltarsWarning
+from caltars_bayes.cli import (
+    calibrate,
+    check,
+    compare,
+    demo,
+    dstudy,
+    fit,
+    plan,
+    report,
+    sbc,
+    score,
+    simulate,
+    validate,
+)
+from caltars_bayes.cli.common import EXIT_BAD_INPUT
+
+#: the commands, in the order ``--help`` lists them
+COMMANDS: tuple[ModuleType, ...] = (
+    validate,
+    simulate,
+    fit,
+    demo,
+    report,
+    dstudy,
+    compare,
+    check,
+    plan,
+    sbc,
+    calibrate,
+    score,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every command's subparser."""
+    p = argparse.ArgumentParser(
+        prog="caltars-bayes",
+        description="Bayesian measurement models for observer-rated psychotherapy process scales.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", CaltarsWarning)
+            warnings.showwarning = _show_warning  # restored when the block exits
+            return int(args.func(args) or 0)
+    except (CaltarsError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    print(f"warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

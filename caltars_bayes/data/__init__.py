@@ -1,0 +1,1 @@
+"""Layer 2: ratings and covariates read, validated once, labelled and reported."""

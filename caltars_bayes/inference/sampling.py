@@ -1,0 +1,602 @@
+"""Run NUTS on a built model with one of several samplers.
+
+``nutpie`` (default, numba-compiled PyTensor), ``pymc`` (PyMC's own NUTS),
+``numpyro`` and ``blackjax`` (JAX; the GPU path). Each returns an
+:class:`xarray.DataTree` with ``posterior`` and ``sample_stats`` groups whose
+dims carry the model's coords.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+import sys
+import threading
+import time
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pymc as pm
+import xarray as xr
+from threadpoolctl import threadpool_limits
+
+from caltars_bayes.inference.nutpie_cache import compile_numba_model
+from caltars_bayes.inference.record import TREE_DEPTH_OPTION
+
+SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
+
+_EXTRA = {
+    "nutpie": ("nutpie", "pip install nutpie"),
+    "numpyro": ("numpyro", "pip install 'caltars-bayes[jax]'"),
+    "blackjax": ("blackjax", "pip install 'caltars-bayes[jax]'"),
+}
+
+
+def require_sampler(sampler: str) -> None:
+    """Raise a clear ImportError if the sampler's package is not installed."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler in _EXTRA:
+        module, how = _EXTRA[sampler]
+        missing = [m for m in (module, "jax") if sampler != "nutpie" or m == module]
+        for m in missing:
+            if importlib.util.find_spec(m) is None:
+                raise ImportError(
+                    f"sampler {sampler!r} needs the package {m!r}, which is not installed: {how}"
+                )
+
+
+#: nutpie options we set unless the caller does (docs/model.md, "Trajectory length"):
+#:
+#: - ``target_integration_time``: each trajectory runs between
+#:   ``floor(log2(t / step))`` and ``ceil(log2(t / step))`` tree doublings, with
+#:   NUTS's U-turn check at the last one. Once the mass matrix has whitened the
+#:   posterior, every direction oscillates with about the same period (2 pi in
+#:   whitened units); at step sizes where a doubling spans about a whole period
+#:   the U-turn check does not fire and trajectories run to 127-1023 steps where
+#:   31 do (a quarter of the founding design's tuning iterations; the rare
+#:   depth-9/10 draws at 10x). With t = 3.2, just over half a period, the
+#:   trajectories keep the depth at which the check fires and lose the runaways.
+#:   ``None`` gives plain NUTS (up to ``maxdepth``). Unless given, the step size
+#:   is kept below t / 4 (``max_step_size``): at a step of t or more the
+#:   trajectory would have no steps at all, every draw would be accepted, the
+#:   step size would grow, and the chain would stay where it is (seen on a
+#:   40-dimensional Gaussian in tuning).
+#: - ``early_window_switch_freq``: in its first 30% of tuning nutpie re-estimates
+#:   the mass matrix from a fresh window every this many iterations (10 by
+#:   default); windows of 10 draws give noisy scales and smaller step sizes.
+NUTPIE_DEFAULTS: dict[str, Any] = {"early_window_switch_freq": 100, "target_integration_time": 3.2}
+#: what changes in :data:`NUTPIE_DEFAULTS` for large designs with many session
+#: deviations (``plan.short_trajectory_cap``,
+#: :data:`caltars_bayes.model.build.LARGE_DESIGN_SESSION_SCALES`). nutpie ends a
+#: trajectory at the latest at the first doubling where 2^depth x step >= t, so
+#: t = 2.7 allows 31 steps for step sizes from 0.084 to 0.169. At 10x the founding
+#: design the joint form's final step sizes were 0.089-0.110, so t = 2.7 ended
+#: every draw's trajectory after 31 steps, where t = 3.2 let draws run to 63
+#: (the default form at t = 3.2: 63 steps per draw); at 3x too every draw took
+#: 31. At the founding size the step size reaches 0.17 and t = 2.7 would cut
+#: some trajectories to 15 steps, which gives too little ESS there
+#: (docs/model.md, "Large designs").
+LARGE_DESIGN_NUTPIE: dict[str, Any] = {"target_integration_time": 2.7}
+
+
+#: the JAX samplers' counterpart of :data:`LARGE_DESIGN_NUTPIE`: at most 2^6 - 1 =
+#: 63 leapfrog steps per iteration, which is where t = 2.7 ends trajectories for
+#: step sizes from 0.042 to 0.084. In the joint form numpyro took 31 steps per
+#: draw at twice the founding design (the cap does not bind there); its first
+#: warmup window runs with a unit mass matrix, and at 100x the founding design
+#: (default form) every iteration of it went to the maximum depth of 10
+#: (benchmarks/gpu_results.md). The cap bounds that cost.
+LARGE_DESIGN_JAX: dict[str, dict[str, Any]] = {
+    s: {TREE_DEPTH_OPTION[s]: 6} for s in ("numpyro", "blackjax")
+}
+
+
+def nutpie_defaults(short_cap: bool = False) -> dict[str, Any]:
+    """The nutpie options the package sets unless the caller does (``short_cap``:
+    with :data:`LARGE_DESIGN_NUTPIE`)."""
+    return {**NUTPIE_DEFAULTS, **(LARGE_DESIGN_NUTPIE if short_cap else {})}
+
+
+def sampler_defaults(sampler: str, short_cap: bool = False) -> dict[str, Any]:
+    """The options the package sets for ``sampler`` unless the caller does:
+    :func:`nutpie_defaults` for nutpie; for numpyro and blackjax a tree-depth cap
+    on large designs (:data:`LARGE_DESIGN_JAX`); none for PyMC's NUTS."""
+    if sampler == "nutpie":
+        return nutpie_defaults(short_cap)
+    return dict(LARGE_DESIGN_JAX.get(sampler, {})) if short_cap else {}
+
+
+#: nutpie's maximum tree depth unless the caller sets ``maxdepth``
+NUTPIE_MAXDEPTH = 10
+#: nutpie keeps every iteration's stored values in memory until sampling ends
+#: (tuning included, whether or not warmup draws are kept) and then copies them
+#: once more into arrays. Deterministics whose values over all iterations would
+#: take more than this are therefore not stored while sampling but computed
+#: afterwards from the kept draws (``nuts={"deterministics": "auto"}``).
+#: Measured at 10x the founding design: ``zeta`` and ``theta`` are 45% of the
+#: stored values. At 3x (248 MiB of deterministics) computing them afterwards
+#: lowered the peak from 1804 to 1299 MB for 0.46 s; the founding design's
+#: 89 MiB are stored (docs/model.md, "Where the memory goes").
+DETERMINISTICS_AFTER_BYTES = 128 * 2**20
+
+
+class _StepCounter:
+    """nutpie progress callback: each chain's last report (draws done, leapfrog steps)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, progress: list[Any]) -> None:
+        with self._lock:
+            for i, p in enumerate(progress):
+                self._last[i] = (int(p.finished_draws), int(p.total_num_steps))
+
+    def total(self, chains: int, iterations: int) -> float | None:
+        """All chains' leapfrog steps, or None unless every chain's last report
+        came after its last iteration (the count would be short)."""
+        with self._lock:
+            last = dict(self._last)
+        if len(last) != chains or any(d < iterations for d, _ in last.values()):
+            return None
+        return float(sum(n for _, n in last.values()))
+
+
+def _deterministic_values(model: pm.Model) -> int:
+    """Number of values the model's deterministics hold in one draw (from their
+    dims' coords, else their static shapes, else their shapes computed once)."""
+    import pytensor
+
+    total, unknown = 0, []
+    for var in model.deterministics:
+        dims = model.named_vars_to_dims.get(var.name)
+        if dims and all(model.coords.get(d) is not None for d in dims):
+            total += int(np.prod([len(model.coords[d]) for d in dims]))
+        elif all(n is not None for n in var.type.shape):
+            total += int(np.prod(var.type.shape))
+        else:
+            unknown.append(var.shape)
+    if unknown:
+        total += sum(int(np.prod(shape)) for shape in pytensor.function([], unknown)())
+    return total
+
+
+def deterministics_after(model: pm.Model, setting: str, chains: int, iterations: int) -> bool:
+    """Whether nutpie should leave the deterministics out of its stored values.
+
+    ``setting``: ``"during"`` (store them while sampling), ``"after"`` (compute
+    them from the kept draws) or ``"auto"`` (after, when storing them for every
+    iteration of every chain would take more than
+    :data:`DETERMINISTICS_AFTER_BYTES`).
+    """
+    if setting not in ("auto", "during", "after"):
+        raise ValueError(
+            f"nuts deterministics must be 'auto', 'during' or 'after', not {setting!r}"
+        )
+    if not model.deterministics or setting == "during":
+        return False
+    if setting == "after":
+        return True
+    return 8 * _deterministic_values(model) * chains * iterations > DETERMINISTICS_AFTER_BYTES
+
+
+def _model_order(model: pm.Model) -> list[str]:
+    """The posterior's variable order: free variables without a transform, then
+    the model's other unobserved variables (transformed free variables on their
+    own scale, and deterministics) in the model's order."""
+    plain = [v.name for v in model.free_RVs if model.rvs_to_transforms.get(v) is None]
+    rest = [v.name for v in model.unobserved_value_vars if v.name not in plain]
+    return [*plain, *rest]
+
+
+def _in_model_order(dt: xr.DataTree, model: pm.Model) -> xr.DataTree:
+    """``dt`` with its posterior's variables in :func:`_model_order` (nutpie's own
+    order depends on which variables it stored)."""
+    post = dt["posterior"].to_dataset()
+    order: list[Hashable] = [n for n in _model_order(model) if n in post.data_vars]
+    order += [n for n in post.data_vars if n not in order]
+    if order != list(post.data_vars):
+        dt["posterior"] = xr.DataTree(post[order])
+    return dt
+
+
+def add_deterministics(dt: xr.DataTree, model: pm.Model) -> xr.DataTree:
+    """Compute the model's deterministics that ``dt``'s posterior lacks from the
+    draws of its free variables, and add them to it."""
+    post = dt["posterior"].to_dataset()
+    names = [v.name for v in model.deterministics if v.name not in post]
+    if names:
+        det = pm.compute_deterministics(
+            post, var_names=names, model=model, progressbar=False, backend="numba"
+        )
+        dt["posterior"] = xr.DataTree(post.assign({k: det[k] for k in names}))
+    return dt
+
+
+def _count_depth_hits_against(dt: xr.DataTree, maxdepth: int) -> xr.DataTree:
+    """Make ``maxdepth_reached`` mean the configured maximum depth.
+
+    With ``target_integration_time`` nutpie flags every draw whose tree reached
+    the depth that the integration time allows, which is the setting working,
+    not a failure; that flag is kept as ``integration_time_reached`` and
+    ``maxdepth_reached`` becomes ``depth >= maxdepth``, what the convergence
+    checks count.
+    """
+    for group in ("sample_stats", "warmup_sample_stats"):
+        if group not in dt.children or "depth" not in dt[group]:
+            continue
+        ds = dt[group].to_dataset()
+        if "maxdepth_reached" in ds:
+            ds = ds.rename_vars({"maxdepth_reached": "integration_time_reached"})
+        dt[group] = xr.DataTree(ds.assign(maxdepth_reached=ds["depth"] >= maxdepth))
+    return dt
+
+
+#: Compiled nutpie models kept for reuse: (model signature, compiled model).
+_NUTPIE_CACHE: list[tuple[dict[str, Any], Any]] = []
+_NUTPIE_CACHE_SIZE = 4
+
+
+def _signature(model: pm.Model) -> dict[str, Any]:
+    """What a compiled model depends on besides the values of its ``pm.Data``.
+
+    The log density and the deterministics as graphs of the value variables and
+    the data variables, with the names and shapes of both, and the coords.
+    """
+    data = sorted(model.data_vars, key=lambda v: v.name)
+    values = sorted(model.value_vars, key=lambda v: v.name)
+    lengths = [model.dim_lengths[k] for k in sorted(model.dim_lengths)]  # equal via coords
+    outputs = [model.logp(), *model.replace_rvs_by_values(model.deterministics)]
+    return {
+        "inputs": [*values, *data, *lengths],
+        "outputs": outputs,
+        "names": [v.name for v in (*values, *data)] + sorted(model.dim_lengths),
+        "data_shapes": [v.get_value().shape for v in data],
+        "data_dtypes": [v.get_value().dtype for v in data],
+        "coords": {k: tuple(v) if v is not None else None for k, v in model.coords.items()},
+        "dims": dict(model.named_vars_to_dims),
+        "deterministics": [v.name for v in model.deterministics],
+    }
+
+
+def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    from pytensor.graph.basic import equal_computations
+
+    keys = ("names", "data_shapes", "data_dtypes", "coords", "dims", "deterministics")
+    if any(a[k] != b[k] for k in keys) or len(a["outputs"]) != len(b["outputs"]):
+        return False
+    return equal_computations(a["outputs"], b["outputs"], in_xs=a["inputs"], in_ys=b["inputs"])
+
+
+def _data_names(compiled: Any) -> set[str]:
+    """Names of the data variables a compiled (numba) nutpie model takes at run time."""
+    return {v.name for v in compiled.shared_var_keys}
+
+
+def compile_nutpie(
+    model: pm.Model,
+    backend: str,
+    initial_points: dict[str, Any] | None = None,
+    gradient_backend: str | None = None,
+    var_names: list[str] | None = None,
+) -> Any:
+    """``nutpie.compile_pymc_model``, reusing an earlier compilation of the same model.
+
+    Fits of new data with the same design (planning and SBC replications, refits)
+    build the same graph: everything that differs is in ``pm.Data`` variables,
+    which nutpie's numba models take at run time. When the graph,
+    its constants, the data shapes and the coords all equal those of a model
+    compiled before in this process, that compilation is reused with the new
+    data (``with_data``) instead of compiling again (tens of seconds with numba).
+
+    Starting values (``initial_points``, constrained scale) are compiled into
+    nutpie's model, so a model compiled with them is neither reused nor kept.
+    ``var_names``: the variables nutpie stores (None: all; the free variables
+    are always stored).
+    Numba models are compiled by :func:`caltars_bayes.inference.nutpie_cache.
+    compile_numba_model`, whose C callbacks are cached on disk, so a new
+    process compiling the same graph loads them instead of compiling again.
+    """
+    import nutpie
+
+    if backend != "numba":
+        # nutpie 0.16's JAX models accept with_data but keep sampling the data they
+        # were compiled with (seen here): never reuse them
+        extra: dict[str, Any] = {"initial_points": initial_points, "var_names": var_names}
+        if gradient_backend is not None:
+            extra["gradient_backend"] = gradient_backend
+        return nutpie.compile_pymc_model(model, backend=backend, **extra)
+    if gradient_backend not in (None, "pytensor"):
+        raise ValueError(f"gradient_backend {gradient_backend!r} needs nutpie's JAX backend")
+    if initial_points is not None:
+        return compile_numba_model(model, initial_points, var_names)
+    sig = _signature(model)
+    sig["backend"] = backend
+    sig["var_names"] = None if var_names is None else sorted(var_names)
+    for old, compiled in _NUTPIE_CACHE:
+        same_store = old["var_names"] == sig["var_names"]
+        if old["backend"] == backend and same_store and _same_model(sig, old):
+            known = _data_names(compiled)
+            return compiled.with_data(
+                **{v.name: v.get_value() for v in model.data_vars if v.name in known}
+            )
+    compiled = compile_numba_model(model, var_names=var_names)
+    _NUTPIE_CACHE.insert(0, (sig, compiled))
+    del _NUTPIE_CACHE[_NUTPIE_CACHE_SIZE:]
+    return compiled
+
+
+def one_blas_thread(chains: int) -> Any:
+    """One BLAS thread per process while several chains sample side by side.
+
+    The log density's matrix products (the covariate blocks, factor scores
+    times loadings) call OpenBLAS, which by default starts a thread per core
+    for arrays above a size threshold. With chains already running on every
+    core those threads fight the chains for the cores: measured with the
+    3x-founding design on 2 cores, one gradient took 7.4 ms with two processes
+    side by side against 1.0 ms alone, and 1.0 ms side by side with one BLAS
+    thread. At the founding size the products stay below the threshold.
+    """
+    if chains > 1:
+        return threadpool_limits(limits=1, user_api="blas")
+    return nullcontext()
+
+
+# glibc's mallopt parameters, the values set while sampling, and those set after.
+# Setting any of them stops glibc adapting its thresholds for the rest of the
+# process, so its documented defaults (128 KB each) cannot simply be put back:
+# with the mmap threshold fixed at 128 KB every array above it would be mapped
+# and faulted in afresh (measured: 1040 faults per 30 arrays of 160 KB, 0 with
+# glibc's adapting default). After sampling the values are those the adapting
+# thresholds reach for large arrays (mmap threshold 32 MB, trim threshold twice
+# that) with the default top pad.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_HEAP_WHILE_SAMPLING = {
+    _M_TOP_PAD: 64 << 20,
+    _M_TRIM_THRESHOLD: 256 << 20,
+    _M_MMAP_THRESHOLD: 32 << 20,
+}
+_HEAP_AFTER = {_M_TOP_PAD: 128 << 10, _M_TRIM_THRESHOLD: 64 << 20, _M_MMAP_THRESHOLD: 32 << 20}
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (the only one whose ``mallopt`` is used), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  (absent from musl and others)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+@contextmanager
+def keep_heap_memory() -> Iterator[bool]:
+    """Stop glibc handing memory back to the system between gradients.
+
+    Every gradient allocates and frees its temporary arrays (one value per
+    rating each). In sampler threads glibc serves them from per-thread heaps of
+    at most 64 MB; when a gradient's temporaries need more than one heap, the
+    extra heaps are unmapped as soon as they are free and mapped again by the
+    next gradient, and every page is then faulted in and zeroed by the kernel.
+    Measured at 10x the founding design (187,200 ratings, one core, numba):
+    2,560 page faults and 8.2 ms per gradient, half of it system time, against
+    3.5 ms and no faults with these settings; the founding design does not
+    fault either way. While sampling, freed memory is kept for reuse (top pad
+    64 MB, trim threshold 256 MB, arrays up to 32 MB from the heap); afterwards
+    the thresholds are left where glibc's own adaptation takes them for large
+    arrays (see ``_HEAP_AFTER``). Yields whether the settings were applied
+    (glibc only; a no-op elsewhere).
+    """
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    applied = all(libc.mallopt(p, v) == 1 for p, v in _HEAP_WHILE_SAMPLING.items())
+    try:
+        yield applied
+    finally:
+        for p, v in _HEAP_AFTER.items():
+            libc.mallopt(p, v)
+
+
+def _one_blas_thread_per_chain(f: Any) -> Any:
+    """Run ``f`` (keyword ``chains``) under :func:`one_blas_thread`."""
+
+    @functools.wraps(f)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with one_blas_thread(kwargs["chains"]):
+            return f(*args, **kwargs)
+
+    return wrapped
+
+
+@dataclass(frozen=True)
+class _Run:
+    """The settings every sampler runs with (see :func:`run_nuts`)."""
+
+    draws: int
+    tune: int
+    chains: int
+    random_seed: int
+    target_accept: float
+    progressbar: bool
+    initvals: dict[str, Any] | None
+
+
+@_one_blas_thread_per_chain
+def run_nuts(
+    model: pm.Model,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    sampler: str,
+    random_seed: int,
+    target_accept: float,
+    nuts: dict[str, Any] | None = None,
+    progressbar: bool = True,
+    cores: int | None = None,
+    initvals: dict[str, Any] | None = None,
+    short_cap: bool = False,
+) -> tuple[xr.DataTree, dict[str, float]]:
+    """Sample ``model`` and return the DataTree and timings (seconds).
+
+    ``nuts`` holds extra sampler options (e.g. ``{"max_treedepth": 12}``;
+    for nutpie also ``{"backend": "jax"}`` and ``{"gradient_backend": "jax"}``
+    (JAX's own gradient instead of PyTensor's); the environment variable
+    ``CALTARS_BAYES_NUTPIE_BACKEND`` sets nutpie's default backend, ``numba``).
+    Each sampler runs with :func:`sampler_defaults` (``short_cap``: large
+    designs) where ``nuts`` does not say otherwise. nutpie stores no warmup
+    draws unless ``{"save_warmup": True}``; with
+    ``{"deterministics": "after"}`` it stores only the free variables and the
+    deterministics are computed from the kept draws afterwards (``"during"``:
+    stored while sampling; ``"auto"``, the default: after, for large models;
+    see :data:`DETERMINISTICS_AFTER_BYTES`). Other samplers ignore it.
+    ``initvals``: starting values (constrained scale) by variable name.
+    """
+    require_sampler(sampler)
+    nuts = dict(nuts or {})
+    store = nuts.pop("deterministics", "auto")
+    cores = cores or min(chains, os.cpu_count() or 1)
+    run = _Run(draws, tune, chains, random_seed, target_accept, progressbar, initvals)
+    if sampler == "nutpie":
+        dt, timings = _run_nutpie(model, nuts, store, cores, short_cap, run=run)
+    elif sampler == "pymc":
+        dt, timings = _run_pymc(model, nuts, cores, run=run)
+    else:
+        dt, timings = _run_jax(model, sampler, nuts, short_cap, run=run)
+    if not isinstance(dt, xr.DataTree):  # InferenceData-like from older paths
+        dt = xr.DataTree.from_dict({g: dt[g].to_dataset() for g in dt.groups if g != "/"})
+    return dt, timings
+
+
+def _run_nutpie(
+    model: pm.Model,
+    nuts: dict[str, Any],
+    store: str,
+    cores: int,
+    short_cap: bool,
+    run: _Run,
+) -> tuple[xr.DataTree, dict[str, float]]:
+    """nutpie (numba or JAX backend) with the package's defaults; see :func:`run_nuts`."""
+    import nutpie
+
+    backend = nuts.pop("backend", os.environ.get("CALTARS_BAYES_NUTPIE_BACKEND", "numba"))
+    if "max_treedepth" in nuts:
+        nuts["maxdepth"] = nuts.pop("max_treedepth")
+    gradient_backend = nuts.pop("gradient_backend", None)
+    after = deterministics_after(model, store, run.chains, run.tune + run.draws)
+    stored = [v.name for v in model.free_RVs] if after else None
+    nuts = {**sampler_defaults("nutpie", short_cap), **nuts}
+    if nuts.get("target_integration_time") is not None:
+        nuts.setdefault("max_step_size", nuts["target_integration_time"] / 4)
+    # a fit keeps no warmup draws, so nutpie need not store them (at 10x the
+    # founding design they are about 0.85 GB); the tuning steps are counted
+    # from its progress reports instead
+    nuts.setdefault("save_warmup", False)
+    steps = _StepCounter()
+    t0 = time.perf_counter()
+    compiled = compile_nutpie(model, backend, run.initvals, gradient_backend, stored)
+    t1 = time.perf_counter()
+    with keep_heap_memory():
+        dt = nutpie.sample(
+            compiled,
+            draws=run.draws,
+            tune=run.tune,
+            chains=run.chains,
+            cores=cores,
+            seed=int(run.random_seed),
+            target_accept=run.target_accept,
+            progress_bar=run.progressbar,
+            progress_callback=steps,
+            **nuts,
+        )
+    t2 = time.perf_counter()
+    if nuts.get("target_integration_time") is not None:
+        dt = _count_depth_hits_against(dt, int(nuts.get("maxdepth", NUTPIE_MAXDEPTH)))
+    timings = {"compile_s": t1 - t0, "sampling_s": t2 - t1}
+    if after:
+        t3 = time.perf_counter()
+        dt = add_deterministics(dt, model)
+        timings["deterministics_s"] = time.perf_counter() - t3
+    dt = _in_model_order(dt, model)
+    # tuning trajectories are longer than sampling ones (the mass matrix is
+    # still being learned): recorded so that cost per step can be worked out
+    if "warmup_sample_stats" in dt.children and "n_steps" in dt["warmup_sample_stats"]:
+        timings["tune_steps"] = float(dt["warmup_sample_stats"]["n_steps"].sum())
+    elif "n_steps" in dt["sample_stats"]:
+        total = steps.total(run.chains, run.tune + run.draws)
+        if total is not None:
+            timings["tune_steps"] = total - float(dt["sample_stats"]["n_steps"].sum())
+    return dt, timings
+
+
+def _run_pymc(
+    model: pm.Model,
+    nuts: dict[str, Any],
+    cores: int,
+    run: _Run,
+) -> tuple[xr.DataTree, dict[str, float]]:
+    """PyMC's own NUTS; see :func:`run_nuts`."""
+    t0 = time.perf_counter()
+    with model:
+        dt = pm.sample(
+            draws=run.draws,
+            tune=run.tune,
+            chains=run.chains,
+            cores=cores,
+            random_seed=run.random_seed,
+            nuts_sampler="pymc",
+            target_accept=run.target_accept,
+            progressbar=run.progressbar,
+            compute_convergence_checks=False,
+            initvals=run.initvals,
+            **nuts,
+        )
+    total = time.perf_counter() - t0
+    st = float(dt["posterior"].attrs.get("sampling_time", total))
+    timings = {"compile_s": total - st, "sampling_s": st}
+    return dt, timings
+
+
+def _run_jax(
+    model: pm.Model,
+    sampler: str,
+    nuts: dict[str, Any],
+    short_cap: bool,
+    run: _Run,
+) -> tuple[xr.DataTree, dict[str, float]]:
+    """numpyro or blackjax through PyMC's JAX sampling; see :func:`run_nuts`."""
+    import jax
+    import pymc.sampling.jax  # noqa: F401  (sets XLA's host device count before JAX starts)
+
+    # One device per chain runs chains in parallel (pmap). If JAX was started
+    # before PyMC could ask for more host devices (e.g. by nutpie's JAX
+    # backend earlier in the same process), vectorise the chains instead:
+    # pmap over too few devices fails.
+    parallel = jax.local_device_count() >= run.chains
+    nuts.setdefault("chain_method", "parallel" if parallel else "vectorized")
+    nuts = {**sampler_defaults(sampler, short_cap), **nuts}
+    t0 = time.perf_counter()
+    with model:
+        dt = pm.sample(
+            draws=run.draws,
+            tune=run.tune,
+            chains=run.chains,
+            random_seed=run.random_seed,
+            nuts_sampler=sampler,
+            progressbar=run.progressbar,
+            compute_convergence_checks=False,
+            initvals=run.initvals,
+            nuts={"target_accept": run.target_accept, **nuts},
+        )
+    timings = {"compile_s": float("nan"), "sampling_s": time.perf_counter() - t0}
+    return dt, timings

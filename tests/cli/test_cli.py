@@ -1,0 +1,256 @@
+"""Smoke tests of every CLI command, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from caltars_bayes.cli import main
+from caltars_bayes.spec.instrument import models_dir
+
+CALPAS = str(models_dir() / "calpas.toml")
+
+
+@pytest.fixture(scope="module")
+def sim_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "sim"
+    rc = main(
+        [
+            "simulate",
+            "--instrument",
+            CALPAS,
+            "--subjects",
+            "8",
+            "--sessions",
+            "2",
+            "--judges",
+            "2",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+def test_simulate_writes_files(sim_dir):
+    for f in ("ratings.csv", "covariates.csv", "session_covariates.csv", "truth.nc"):
+        assert (sim_dir / f).is_file()
+    r = pd.read_csv(sim_dir / "ratings.csv")
+    assert list(r.columns) == ["subject", "session", "judge", "item", "rating"]
+    assert len(r) == 8 * 2 * 2 * 24
+
+
+def test_simulate_refuses_to_overwrite(sim_dir, capsys):
+    rc = main(["simulate", "--instrument", CALPAS, "--subjects", "3", "--out", str(sim_dir)])
+    assert rc == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_validate_prints_report(sim_dir, capsys):
+    rc = main(
+        [
+            "validate",
+            str(sim_dir / "ratings.csv"),
+            "--instrument",
+            CALPAS,
+            "--covariates",
+            str(sim_dir / "covariates.csv"),
+            "--session-covariates",
+            str(sim_dir / "session_covariates.csv"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "768" in out  # ratings used
+    assert "judge" in out.lower()
+
+
+def test_validate_bad_rating_is_one_line_exit_2(sim_dir, tmp_path, capsys):
+    r = pd.read_csv(sim_dir / "ratings.csv")
+    r.loc[4, "rating"] = 9
+    bad = tmp_path / "bad.csv"
+    r.to_csv(bad, index=False)
+    rc = main(["validate", str(bad), "--instrument", CALPAS])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1
+    assert "bad.csv" in err and "row 6" in err and "'rating'" in err
+    # --drop-invalid rejects and counts the row instead
+    rc = main(["validate", str(bad), "--instrument", CALPAS, "--drop-invalid"])
+    assert rc == 0
+    assert "rejected" in capsys.readouterr().out.lower()
+
+
+def test_column_mapping_flag(sim_dir, tmp_path, capsys):
+    r = pd.read_csv(sim_dir / "ratings.csv").rename(
+        columns={"subject": "patient", "judge": "rater"}
+    )
+    p = tmp_path / "renamed.csv"
+    r.to_csv(p, index=False)
+    assert main(["validate", str(p), "--instrument", CALPAS]) == 2
+    assert "patient" in capsys.readouterr().err  # the error lists columns that exist
+    assert (
+        main(
+            [
+                "validate",
+                str(p),
+                "--instrument",
+                CALPAS,
+                "--map",
+                "patient=subject",
+                "--map",
+                "rater=judge",
+            ]
+        )
+        == 0
+    )
+
+
+def test_fit_writes_outputs_and_strict_exit_code(sim_dir, tmp_path, capsys):
+    out = tmp_path / "fit"
+    args = [
+        "fit",
+        str(sim_dir / "ratings.csv"),
+        "--instrument",
+        CALPAS,
+        "--out",
+        str(out),
+        "--draws",
+        "30",
+        "--tune",
+        "30",
+        "--chains",
+        "2",
+        "--quiet",
+    ]
+    rc = main([*args, "--strict"])
+    assert rc == 3  # 30 draws cannot converge: --strict says so
+    for f in (
+        "posterior.nc",
+        "diagnostics.json",
+        "summary.csv",
+        "scores.csv",
+        "judges.csv",
+        "data_report.json",
+    ):
+        assert (out / f).is_file()
+    diag = json.loads((out / "diagnostics.json").read_text())
+    assert diag["converged"] is False
+    summary = pd.read_csv(out / "summary.csv")
+    assert {
+        "parameter",
+        "mean",
+        "sd",
+        "median",
+        "hdi_low",
+        "hdi_high",
+        "r_hat",
+        "ess_bulk",
+        "ess_tail",
+        "converged",
+    } <= set(summary.columns)
+    assert "NOT CONVERGED" in capsys.readouterr().out
+    # rerun without --force is refused, with --force accepted
+    assert main(args) == 2
+    extra = ["--integration-time", "2.7", "--start", "data", "--max-treedepth", "9"]
+    assert main([*args, "--force", *extra]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["nuts"]["target_integration_time"] == 2.7
+    assert meta["nuts"]["max_treedepth"] == 9  # the sampler's own name for it
+    assert meta["start"] == "data"
+    assert "target_integration_time" not in meta["sampler_defaults"]
+    with pytest.raises(SystemExit) as bad:  # argparse: one line, exit 2
+        main([*args, "--force", "--integration-time", "-1"])
+    assert bad.value.code == 2
+    assert "must be 0 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main([*args, "--force", "--max-treedepth", "0"])
+    assert bad.value.code == 2 and "1 or more" in capsys.readouterr().err
+
+
+def test_console_script_no_traceback_unless_debug(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    exe = Path(sys.executable).parent / "caltars-bayes"
+    env = {**os.environ}
+    res = subprocess.run(
+        [str(exe), "validate", str(empty)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and "empty.csv" in res.stderr
+    res = subprocess.run(
+        [str(exe), "--debug", "validate", str(empty)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_unknown_spec_key_is_clear(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        '[instrument]\nname = "X"\ncolour = "red"\n[[scale]]\ncode = "A"\nitems = ["A1"]\n'
+    )
+    data = tmp_path / "r.csv"
+    data.write_text("subject,session,judge,item,rating\n1,1,1,A1,3\n")
+    assert main(["validate", str(data), "--instrument", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "s.toml" in err and "colour" in err
+
+
+# The demo end to end (tiny settings) is tested in tests/report/test_report.py.
+
+
+def test_fit_alternative_structure(sim_dir, tmp_path):
+    spec = tmp_path / "calpas_alt.toml"
+    spec.write_text(Path(CALPAS).read_text())
+    out = tmp_path / "fit_general"
+    rc = main(
+        [
+            "fit",
+            str(sim_dir / "ratings.csv"),
+            "--instrument",
+            str(spec),
+            "--structure",
+            "general",
+            "--out",
+            str(out),
+            "--draws",
+            "20",
+            "--tune",
+            "20",
+            "--chains",
+            "2",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores["scale"]) == {"ALLIANCE"}
+    assert (
+        main(
+            [
+                "fit",
+                str(sim_dir / "ratings.csv"),
+                "--instrument",
+                str(spec),
+                "--structure",
+                "nope",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )

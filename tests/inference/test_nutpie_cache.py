@@ -1,0 +1,187 @@
+"""nutpie's numba model with disk-cached C callbacks (caltars_bayes.inference.nutpie_cache)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from caltars_bayes.inference.nutpie_cache import callback_source, compile_numba_model
+
+_P = ctypes.POINTER(ctypes.c_double)
+
+
+def _model(y: np.ndarray, x: np.ndarray, group: np.ndarray, scale: float, prior_sd: float = 10.0):
+    """Shared data of every rank and two dtypes: a matrix, an integer index, a scalar."""
+    import pymc as pm
+
+    coords = {"obs": np.arange(len(y)), "coef": ["a", "b"], "group": ["g0", "g1", "g2"]}
+    with pm.Model(coords=coords) as m:
+        xd = pm.Data("x", x, dims=("obs", "coef"))
+        gd = pm.Data("group_idx", group, dims="obs")
+        sd = pm.Data("scale", scale)
+        yd = pm.Data("y_obs", y, dims="obs")
+        beta = pm.Normal("beta", 0.0, prior_sd, dims="coef")
+        u = pm.Normal("u", 0.0, 1.0, dims="group")
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Deterministic("sigma_scaled", sigma * sd)
+        pm.Normal("y", xd @ beta + u[gd], sigma * sd, observed=yd, dims="obs")
+    return m
+
+
+def _data(seed: int, n: int = 40):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    group = rng.integers(0, 3, n).astype("int32")
+    y = x @ np.array([1.0, -0.5]) + rng.normal(size=n)
+    return y, x, group, 1.5
+
+
+def _logp(compiled, point: np.ndarray) -> tuple[float, np.ndarray, int]:
+    n = compiled.n_dim
+    x = np.ascontiguousarray(point, dtype=float)
+    grad, lp = np.zeros(n), np.zeros(())
+    rc = compiled.compiled_logp_func.ctypes(
+        n, x.ctypes.data_as(_P), grad.ctypes.data_as(_P), lp.ctypes.data_as(_P),
+        ctypes.c_void_p(compiled.user_data.ctypes.data),
+    )  # fmt: skip
+    return float(lp), grad, rc
+
+
+def _expand(compiled, point: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(point, dtype=float)
+    out = np.zeros(compiled.n_expanded)
+    rc = compiled.compiled_expand_func.ctypes(
+        compiled.n_dim, compiled.n_expanded, x.ctypes.data_as(_P), out.ctypes.data_as(_P),
+        ctypes.c_void_p(compiled.user_data.ctypes.data),
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """A fresh numba cache for PyTensor's functions and ours, shared by this module.
+
+    Tests that need a graph never compiled before use a prior constant of their own.
+    """
+    import pytensor.link.numba.cache as cache
+
+    path = tmp_path_factory.mktemp("numba_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache, "NUMBA_CACHE_PATH", path)
+        yield path
+
+
+def test_callbacks_agree_with_nutpies_own_compilation(cache_dir):
+    import nutpie
+
+    model = _model(*_data(0))
+    ours = compile_numba_model(model)
+    theirs = nutpie.compile_pymc_model(model, backend="numba")
+    assert ours.n_dim == theirs.n_dim == 6 and ours.n_expanded == theirs.n_expanded
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        point = rng.normal(size=ours.n_dim)
+        lp, grad, rc = _logp(ours, point)
+        lp0, grad0, rc0 = _logp(theirs, point)
+        assert rc == rc0 == 0
+        assert lp == pytest.approx(lp0, rel=1e-12) and np.isfinite(lp)
+        np.testing.assert_allclose(grad, grad0, rtol=1e-10)
+        np.testing.assert_allclose(_expand(ours, point), _expand(theirs, point), rtol=1e-12)
+    # a non-finite density is reported with nutpie's code, not returned as a number
+    bad = np.full(ours.n_dim, np.nan)
+    assert _logp(ours, bad)[2] == _logp(theirs, bad)[2] != 0
+
+
+def test_a_second_compilation_loads_the_callbacks_from_disk(cache_dir):
+    model = _model(*_data(0), prior_sd=7.0)
+    first = compile_numba_model(model)
+    assert first.compiled_logp_func.cache_hits == 0
+    second = compile_numba_model(_model(*_data(0), prior_sd=7.0))  # same graph, built again
+    assert second.compiled_logp_func.cache_hits == 1
+    assert second.compiled_expand_func.cache_hits == 1
+    point = np.random.default_rng(2).normal(size=first.n_dim)
+    assert _logp(second, point)[0] == pytest.approx(_logp(first, point)[0], rel=1e-12)
+    # another graph (another prior constant) is another cache entry, not a stale load
+    other_model = _model(*_data(0), prior_sd=2.0)
+    other = compile_numba_model(other_model)
+    assert other.compiled_logp_func.cache_hits == 0
+    expected = other_model.compile_logp()(other_model.initial_point())
+    start = _flat(other, other_model.initial_point())
+    assert _logp(other, start)[0] == pytest.approx(float(expected), rel=1e-10)
+    assert _logp(first, start)[0] != pytest.approx(float(expected), rel=1e-6)
+
+
+def _flat(compiled, point: dict[str, np.ndarray]) -> np.ndarray:
+    names = compiled.shape_info[0]
+    return np.concatenate([np.asarray(point[n], float).reshape(-1) for n in names if n in point])[
+        : compiled.n_dim
+    ]
+
+
+def test_new_data_give_the_new_models_density(cache_dir):
+    compiled = compile_numba_model(_model(*_data(0)))
+    y, x, group, _ = _data(5)
+    swapped = compiled.with_data(y_obs=y, x=x, group_idx=group, scale=3.0)
+    fresh_model = _model(y, x, group, 3.0)
+    fresh = compile_numba_model(fresh_model)
+    point = np.random.default_rng(3).normal(size=compiled.n_dim)
+    assert _logp(swapped, point)[0] == pytest.approx(_logp(fresh, point)[0], rel=1e-12)
+    assert _logp(swapped, point)[0] != pytest.approx(_logp(compiled, point)[0], rel=1e-6)
+    start = _flat(fresh, fresh_model.initial_point())
+    expected = float(fresh_model.compile_logp()(fresh_model.initial_point()))
+    assert _logp(swapped, start)[0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_the_sampler_recovers_a_regression(cache_dir):
+    import nutpie
+
+    y, x, group, _ = _data(0, n=400)
+    compiled = compile_numba_model(_model(y, x, group, 1.0))
+    post = nutpie.sample(compiled, draws=300, tune=300, chains=2, seed=1, progress_bar=False)
+    beta = post.posterior["beta"].mean(("chain", "draw"))
+    assert list(beta["coef"].values) == ["a", "b"]
+    np.testing.assert_allclose(beta.values, [1.0, -0.5], atol=0.2)
+    assert "sigma_scaled" in post.posterior
+
+
+def test_callback_source_names_each_data_slot():
+    src = callback_source("logp", 7, 7, ["s0", "s1", "s2"], [2, 1, 0])
+    assert "def callback(dim, x_, out_, logp_, user_data_):" in src
+    assert "FN(x, a0, a1, a2)" in src
+    assert 'a0 = d0.reshape((int(shared["shape"]["s0"][0]), int(shared["shape"]["s0"][1])))' in src
+    assert 'a1 = d1.reshape((int(shared["shape"]["s1"][0]),))' in src
+    assert "a2 = d2.reshape(())" in src
+    compile(src, "<test>", "exec")  # valid Python
+    expand = callback_source("expand", 7, 12, [], [])
+    assert "expanded != 12" in expand and "FN(x)" in expand
+    with pytest.raises(ValueError, match="kind"):
+        callback_source("hessian", 1, 1, [], [])
+
+
+def test_an_unreadable_cache_entry_falls_back_to_compiling(cache_dir):
+    before = set(cache_dir.glob("*callback*.nbc"))
+    first = compile_numba_model(_model(*_data(0), prior_sd=3.0))
+    entries = set(cache_dir.glob("*callback*.nbc")) - before
+    assert entries  # the density's callback is new (the stored values' may be shared)
+    for path in entries:
+        path.write_bytes(b"not a numba cache entry")
+    with pytest.warns(UserWarning, match="not cached"):
+        second = compile_numba_model(_model(*_data(0), prior_sd=3.0))
+    point = np.random.default_rng(4).normal(size=first.n_dim)
+    assert _logp(second, point)[0] == pytest.approx(_logp(first, point)[0], rel=1e-12)
+
+
+def test_without_a_graph_cache_key_the_callbacks_are_compiled_uncached(cache_dir):
+    import pytensor
+
+    before = set(cache_dir.glob("*callback*"))
+    model = _model(*_data(0), prior_sd=5.0)
+    with pytensor.config.change_flags(numba__cache=False):  # PyTensor gives no cache key
+        compiled = compile_numba_model(model)
+    assert set(cache_dir.glob("*callback*")) == before  # nothing written
+    start = _flat(compiled, model.initial_point())
+    expected = float(model.compile_logp()(model.initial_point()))
+    assert _logp(compiled, start)[0] == pytest.approx(expected, rel=1e-10)
