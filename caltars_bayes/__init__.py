@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "DataReport": "caltars_bayes.data.report",
     "RatingData": "caltars_bayes.data.ratings",
     "read_table": "caltars_bayes.data.readers",
+    "judge_table": "caltars_bayes.data.judges",
     # model
     "AllianceModel": "caltars_bayes.model.build",
     "ModelPlan": "caltars_bayes.model.plan",
@@ -79,6 +80,7 @@ _EXPORTS: dict[str, str] = {
     "run_check": "caltars_bayes.report.workflows",
     "run_compare": "caltars_bayes.report.workflows",
     "run_demo": "caltars_bayes.report.demo",
+    "export_table": "caltars_bayes.report.export",
     # studies
     "load_plan": "caltars_bayes.studies.plan_spec",
     "run_plan": "caltars_bayes.studies.planning",

@@ -150,11 +150,13 @@ fit.posterior["factor_corr"].sel(scale="PPC", scale2="TPC").quantile([0.025, 0.5
 # %% [markdown]
 # ## 4. Save, reload, report
 #
-# A fit directory holds the posterior (netCDF), the data, the spec and every
-# table; loading checks that nothing was edited since.
+# `save_fit_directory` writes what `caltars-bayes fit` writes: the reloadable
+# core (the posterior as netCDF, the data, the spec, the fit's record) and every
+# table and figure; it returns the tables. `fit.save` writes the core alone.
+# Loading checks that nothing was edited since.
 
 # %%
-fit.save(WORK / "fit")
+results = cb.save_fit_directory(fit, WORK / "fit", force=True)
 fit = cb.load_fit(WORK / "fit")
 sorted(p.name for p in (WORK / "fit").iterdir())
 
@@ -166,7 +168,7 @@ sorted(p.name for p in (WORK / "fit").iterdir())
 # `caltars-bayes report FITDIR --format html`.
 
 # %%
-report = build_report(fit)
-report.to_html(WORK / "report.html")
+report = build_report(fit, results=results)  # reuses the tables just written
+report.to_html(WORK / "report.html", force=True)
 print("\n".join(report.summary))
 print(report.methods)

@@ -15,6 +15,7 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
 from caltars_bayes._core.errors import CaltarsError, CaltarsWarning
@@ -24,6 +25,7 @@ from caltars_bayes.cli import (
     compare,
     demo,
     dstudy,
+    export,
     fit,
     plan,
     report,
@@ -48,6 +50,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     sbc,
     calibrate,
     score,
+    export,
 )
 
 
@@ -58,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bayesian measurement models for observer-rated psychotherapy process scales.",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
@@ -81,6 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _version() -> str:
+    """The installed package's version (importlib.metadata: imports no library code)."""
+    try:
+        return version("caltars-bayes")
+    except PackageNotFoundError:  # pragma: no cover - a bare checkout, not installed
+        return "0+unknown"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]

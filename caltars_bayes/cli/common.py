@@ -72,7 +72,23 @@ def load_data_arg(args: argparse.Namespace, instrument: Any) -> Any:
         columns=column_mapping(args.map),
         sheet=args.sheet,
         on_invalid="drop" if args.drop_invalid else "error",
+        missing_codes=missing_codes(args.missing_codes),
     )
+
+
+def missing_codes(text: str | None) -> list[float] | None:
+    """``--missing-codes 9,99`` as numbers (None when not given)."""
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise CaltarsError(
+                f"--missing-codes {text!r}: use numbers separated by commas, e.g. 9,99"
+            ) from None
+    return out
 
 
 def data_args(p: argparse.ArgumentParser) -> None:
@@ -95,6 +111,12 @@ def data_args(p: argparse.ArgumentParser) -> None:
         "--drop-invalid",
         action="store_true",
         help="reject invalid rating rows (counted in the data report) instead of stopping",
+    )
+    p.add_argument(
+        "--missing-codes",
+        metavar="CODES",
+        help="rating values meaning 'not rated', e.g. 9,99: read as missing (counted as "
+        "missing in the data report); each must lie outside the response range",
     )
 
 

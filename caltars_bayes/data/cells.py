@@ -7,11 +7,14 @@ wide
 
 Either way each rating becomes one cell with its spreadsheet row (the header
 is row 1, the first data row is row 2), its id codes, its item and its value,
-or the kind of invalid value it holds. Blank cells are missing, not invalid.
+or the kind of invalid value it holds. Blank cells are missing, not invalid,
+and so are ratings equal to one of the user's missing codes (such as SPSS's
+9 or 99 for "not rated"): a code must lie outside the response range.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +45,52 @@ class _Cells:
     item_raw: tuple[np.ndarray, list[str]] | None  # long layout: item labels as given
     rating: np.ndarray  # float, NaN when missing or invalid
     bad: np.ndarray  # _B_* code
-    missing: np.ndarray  # bool: rating blank
+    missing: np.ndarray  # bool: rating blank (or a missing code)
+    n_coded: int = 0  # ratings equal to a missing code (counted among the missing)
 
 
-def _rating_cells(s: pd.Series, rmin: int, rmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _missing_codes(codes: Iterable[float] | None, instrument: Instrument) -> np.ndarray:
+    """The missing codes as floats, each a finite number outside the response range.
+
+    Raises
+    ------
+    DataError
+        For a code that is not a number, or one inside the response range
+        (it could not be told apart from a real rating).
+    """
+    if codes is None:
+        return np.empty(0)
+    out = []
+    for c in codes:
+        try:
+            f = float(c)
+        except (TypeError, ValueError):
+            raise DataError(f"missing code {c!r}: not a number") from None
+        if not np.isfinite(f):
+            raise DataError(f"missing code {c!r}: not a finite number")
+        if instrument.response_min <= f <= instrument.response_max:
+            raise DataError(
+                f"missing code {c!r}: inside the response range {instrument.response_min}.."
+                f"{instrument.response_max} of {instrument.name}; a missing code must lie "
+                "outside it"
+            )
+        out.append(f)
+    return np.asarray(sorted(set(out)), dtype=float)
+
+
+def _rating_cells(
+    s: pd.Series, rmin: int, rmax: int, codes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Values, invalid-value kind, missing mask and count of missing codes of a column.
+
+    A value equal to one of ``codes`` is missing, like a blank cell.
+    """
     vals, notnum = _numbers(s)
+    n_coded = 0
+    if codes is not None and len(codes):
+        coded = np.isin(vals, codes)
+        n_coded = int(coded.sum())
+        vals = np.where(coded, np.nan, vals)
     missing = np.isnan(vals) & ~notnum
     bad = np.zeros(len(vals), dtype=np.int8)
     bad[notnum] = _B_NOT_NUMBER
@@ -56,7 +100,7 @@ def _rating_cells(s: pd.Series, rmin: int, rmax: int) -> tuple[np.ndarray, np.nd
         bad[present & ~whole] = _B_NOT_WHOLE
         bad[whole & ((vals < rmin) | (vals > rmax))] = _B_RANGE
     vals = np.where(bad == _B_OK, vals, np.nan)
-    return vals, bad, missing
+    return vals, bad, missing, n_coded
 
 
 def _id_codes(frame: pd.DataFrame, name: str, default: str) -> tuple[np.ndarray, list[str]]:
@@ -66,7 +110,11 @@ def _id_codes(frame: pd.DataFrame, name: str, default: str) -> tuple[np.ndarray,
 
 
 def _long_cells(
-    frame: pd.DataFrame, display: dict[str, str], rows: np.ndarray, instrument: Instrument
+    frame: pd.DataFrame,
+    display: dict[str, str],
+    rows: np.ndarray,
+    instrument: Instrument,
+    missing_codes: np.ndarray,
 ) -> tuple[_Cells, list[str]]:
     ids = {
         "subject": _labels(frame["subject"]),
@@ -87,8 +135,8 @@ def _long_cells(
         dtype=np.int64,
     )
     item = np.where(raw_codes >= 0, lab_item[np.maximum(raw_codes, 0)] if len(lab_item) else -1, -1)
-    rating, bad, missing = _rating_cells(
-        frame["rating"], instrument.response_min, instrument.response_max
+    rating, bad, missing, n_coded = _rating_cells(
+        frame["rating"], instrument.response_min, instrument.response_max, missing_codes
     )
     n = len(frame)
     ignored = [display[c] for c in frame.columns if c not in LONG_COLUMNS]
@@ -105,12 +153,17 @@ def _long_cells(
         rating=rating,
         bad=bad,
         missing=missing,
+        n_coded=n_coded,
     )
     return cells, ignored
 
 
 def _wide_cells(
-    frame: pd.DataFrame, display: dict[str, str], rows: np.ndarray, instrument: Instrument
+    frame: pd.DataFrame,
+    display: dict[str, str],
+    rows: np.ndarray,
+    instrument: Instrument,
+    missing_codes: np.ndarray,
 ) -> tuple[_Cells, list[str]]:
     items = instrument.items
     item_cols = [c for c in items if c in frame.columns]
@@ -122,10 +175,12 @@ def _wide_cells(
     vals = np.empty((n, k))
     bad = np.empty((n, k), dtype=np.int8)
     missing = np.empty((n, k), dtype=bool)
+    n_coded = 0
     for j, c in enumerate(item_cols):
-        vals[:, j], bad[:, j], missing[:, j] = _rating_cells(
-            frame[c], instrument.response_min, instrument.response_max
+        vals[:, j], bad[:, j], missing[:, j], coded = _rating_cells(
+            frame[c], instrument.response_min, instrument.response_max, missing_codes
         )
+        n_coded += coded
     ignored = [display[c] for c in frame.columns if c not in items and c not in LONG_COLUMNS]
     for c in ("item", "rating"):
         if c in frame.columns:
@@ -144,6 +199,7 @@ def _wide_cells(
         rating=vals.ravel(),
         bad=bad.ravel(),
         missing=missing.ravel(),
+        n_coded=n_coded,
     )
     return cells, ignored
 
@@ -170,8 +226,11 @@ def _table_cells(
     layout: str,
     instrument: Instrument,
     fname: str,
+    missing_codes: Iterable[float] | None = None,
 ) -> tuple[_Cells, list[str], int, int]:
     """The rating cells of a renamed table in its layout.
+
+    ``missing_codes``: rating values read as missing (see :func:`_missing_codes`).
 
     Returns
     -------
@@ -189,8 +248,9 @@ def _table_cells(
     if len(keep) < len(frame):
         frame = frame.iloc[keep]
     rows = keep.astype(np.int64) + 2
+    codes = _missing_codes(missing_codes, instrument)
     if layout == "long":
-        cells, ignored = _long_cells(frame, display, rows, instrument)
+        cells, ignored = _long_cells(frame, display, rows, instrument, codes)
     else:
-        cells, ignored = _wide_cells(frame, display, rows, instrument)
+        cells, ignored = _wide_cells(frame, display, rows, instrument, codes)
     return cells, ignored, len(frame), int(blank.sum())

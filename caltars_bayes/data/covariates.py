@@ -6,10 +6,18 @@ Each is validated on its own (empty ids, duplicated ids and non-numbers are
 errors) and then aligned to the subjects or sessions of the ratings: ids
 without a row get missing values, rows for ids without ratings are ignored
 with a warning, and both are counted in the report.
+
+Decimal commas: a column whose every value is a number written with a decimal
+comma (``3,5``, ``-0,25``) or a whole number is read as numbers (3.5, -0.25)
+and a note says so. A column whose only commas are followed by exactly three
+digits (``1,000``, ``2,500``) is ambiguous (a thousands separator, or a
+decimal comma?) and is an error; a value with both a dot and a comma
+(``1.000,5``) is not read as a number.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -96,6 +104,11 @@ def _covariate_table(
             continue
         vals, bad = _numbers(s)
         if bad.any():
+            comma = _decimal_commas(s, fname, rows, display[c])
+            if comma is not None:
+                vals, bad = comma, np.zeros(len(s), dtype=bool)
+                notes.append(f"{fname}: column '{display[c]}' read with decimal commas (3,5 = 3.5)")
+        if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"{where(fname, int(rows[i]), display[c])}: non-numeric value "
@@ -109,6 +122,40 @@ def _covariate_table(
         else pd.MultiIndex.from_frame(ids, names=list(id_cols))
     )
     return pd.DataFrame(out, index=index), fname
+
+
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+$")
+_WHOLE = re.compile(r"^[+-]?\d+$")
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3},\d{3}$")
+
+
+def _decimal_commas(s: pd.Series, fname: str, rows: np.ndarray, col: str) -> np.ndarray | None:
+    """A text column of numbers written with decimal commas, as floats (else None).
+
+    Every non-blank value must be a whole number or one with a decimal comma,
+    at least one the latter. When every comma is followed by exactly three
+    digits (``1,000``) the column could as well hold thousands separators:
+    that is a :class:`DataError` asking for plain numbers.
+    """
+    if pd.api.types.is_numeric_dtype(s.dtype) or pd.api.types.is_bool_dtype(s.dtype):
+        return None
+    text = s.astype("str").str.strip()
+    blank = s.isna().to_numpy() | (text == "").to_numpy()
+    present = text[~blank]
+    comma = present.str.fullmatch(_DECIMAL_COMMA).to_numpy(dtype=bool)
+    whole = present.str.fullmatch(_WHOLE).to_numpy(dtype=bool)
+    if not comma.any() or not (comma | whole).all():
+        return None
+    if present[comma].str.fullmatch(_THOUSANDS).all():
+        i = int(np.flatnonzero(~blank)[np.flatnonzero(comma)[0]])
+        raise DataError(
+            f"{where(fname, int(rows[i]), col)}: {present[comma].iloc[0]!r} could be a decimal "
+            "comma or a thousands separator; write the number without a thousands separator "
+            "(1000) or with a decimal point (1.000)"
+        )
+    out = np.full(len(s), np.nan)
+    out[~blank] = present.str.replace(",", ".", regex=False).astype(float).to_numpy()
+    return out
 
 
 def _align_covariates(

@@ -51,7 +51,7 @@ from caltars_bayes.data.columns import (
 )
 from caltars_bayes.data.covariates import _align_covariates, _covariate_table
 from caltars_bayes.data.indexing import _index_ratings
-from caltars_bayes.data.readers import read_table
+from caltars_bayes.data.readers import USER_MISSING_ATTR, read_table
 from caltars_bayes.data.report import MAX_CROSSING_LISTED, MAX_REJECTED_LISTED, DataReport, _spread
 from caltars_bayes.data.validation import _rejected_table, _tally, _used_ratings, _validate
 from caltars_bayes.spec.instrument import Instrument
@@ -159,10 +159,13 @@ class RatingData:
         columns: Mapping[str, str] | None = None,
         sheet: str | int | None = None,
         on_invalid: OnInvalid = "error",
+        missing_codes: Iterable[float] | None = None,
     ) -> RatingData:
         """Read ratings (and optional covariate tables) from files; see :meth:`from_frame`.
 
-        ``sheet`` applies to every Excel file given.
+        ``sheet`` applies to every Excel file given. Values an SPSS ``.sav``
+        file declares user-missing are read as missing (and counted in the
+        report's notes), in ratings and covariates alike.
         """
         df = read_table(ratings_path, sheet=sheet)
         cov = read_table(covariates, sheet=sheet) if covariates is not None else None
@@ -182,6 +185,7 @@ class RatingData:
                 None if session_covariates is None else str(session_covariates)
             ),
             on_invalid=on_invalid,
+            missing_codes=missing_codes,
         )
 
     @classmethod
@@ -198,6 +202,7 @@ class RatingData:
         covariates_source: str | None = None,
         session_covariates_source: str | None = None,
         on_invalid: OnInvalid = "error",
+        missing_codes: Iterable[float] | None = None,
     ) -> RatingData:
         """Validate a rating table and build the container.
 
@@ -217,6 +222,9 @@ class RatingData:
             in messages and in the report.
         on_invalid : ``"error"`` raises on the first kind of invalid rating;
             ``"drop"`` rejects invalid ratings and lists them in the report.
+        missing_codes : rating values that mean "not rated" (e.g. ``[9, 99]``):
+            read as missing, like blank cells, and counted as missing in the
+            report. Each must be a number outside the response range.
 
         Returns
         -------
@@ -235,8 +243,20 @@ class RatingData:
         mapping = _check_mapping(df, instrument, columns, covariates, session_covariates, fname)
         # kind: the layout found, long or wide
         frame, display, kind, notes = _prepare_columns(df, instrument, layout, mapping, fname)
+        codes = None if missing_codes is None else list(missing_codes)
         cells, ignored, rows_read, blank_skipped = _table_cells(
-            frame, display, kind, instrument, fname
+            frame, display, kind, instrument, fname, codes
+        )
+        notes.extend(
+            _reading_notes(
+                cells.n_coded,
+                codes,
+                {
+                    fname: df,
+                    covariates_source or "<covariate frame>": covariates,
+                    session_covariates_source or "<session covariate frame>": session_covariates,
+                },
+            )
         )
         status, reason, dup_rows = _validate(cells, instrument, fname, kind, on_invalid)
 
@@ -540,3 +560,28 @@ class RatingData:
         return type(self)._assemble(
             self.instrument, long, tally, rejected, report, cov, scov, keep_set, warn=False
         )
+
+
+def _reading_notes(
+    n_coded: int, codes: list[float] | None, frames: Mapping[str, pd.DataFrame | None]
+) -> list[str]:
+    """Notes on values read as missing: missing codes in the ratings, SPSS user-missing values.
+
+    ``frames`` maps each table's source name to the table as read (:func:`read_table`
+    leaves the count of SPSS user-missing values per column in ``attrs``).
+    """
+    notes = []
+    if n_coded:
+        shown = ", ".join(f"{c:g}" for c in sorted({float(c) for c in codes or ()}))
+        notes.append(
+            f"{next(iter(frames))}: {n_coded} rating(s) equal to a missing code ({shown}) "
+            "counted as missing"
+        )
+    for fname, df in frames.items():
+        found = (df.attrs.get(USER_MISSING_ATTR) or {}) if isinstance(df, pd.DataFrame) else {}
+        notes.extend(
+            f"{fname}: {n} value(s) in column '{col}' are SPSS user-missing codes, read as missing"
+            for col, n in found.items()
+            if n
+        )
+    return notes

@@ -2,8 +2,11 @@
 
 CSV and TSV cells are read as text (ids such as ``007`` keep their zeros),
 blank lines are kept as empty rows so row positions match the file, and a
-semicolon-separated "CSV" is recognised. Excel, SPSS and parquet files need
-optional packages (``pip install 'caltars-bayes[io]'``); each problem is one
+semicolon-separated "CSV" is recognised. In an SPSS ``.sav`` file the values
+a variable declares user-missing (say 9 and 99, or a range) are read as
+missing, like system-missing ones; how many per column is kept in the
+table's ``attrs`` (:data:`USER_MISSING_ATTR`) for the data report. Excel, SPSS
+and parquet files need optional packages (``pip install 'caltars-bayes[io]'``); each problem is one
 :class:`~caltars_bayes._core.errors.DataError` naming the file.
 """
 
@@ -13,12 +16,17 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from caltars_bayes._core.errors import DataError
 from caltars_bayes.data.values import _blank_rows
 
-__all__ = ["read_table"]
+__all__ = ["USER_MISSING_ATTR", "read_table"]
+
+#: ``DataFrame.attrs`` key of a table read from ``.sav``: column -> number of
+#: values that were SPSS user-missing codes (read as missing)
+USER_MISSING_ATTR = "spss_user_missing"
 
 _IO_HINT = "pip install 'caltars-bayes[io]'"
 
@@ -91,7 +99,7 @@ def read_table(path: str | Path, sheet: str | int | None = None) -> pd.DataFrame
             df = next(iter(sheets.values()))
         elif kind == "SPSS":
             _need("pyreadstat", "SPSS files", name)
-            df = pd.read_spss(p, convert_categoricals=False)
+            df = _read_spss(p)
         else:
             _need("pyarrow", "parquet files", name)
             df = pd.read_parquet(p)
@@ -116,16 +124,49 @@ def _one_line(exc: BaseException) -> str:
     return text[:300] if text else type(exc).__name__
 
 
+def _read_spss(p: Path) -> pd.DataFrame:
+    """A ``.sav`` file with its user-missing values set to missing and counted.
+
+    ``pyreadstat.read_sav(..., user_missing=True)`` keeps user-missing values
+    as stored and lists each variable's missing values and ranges (``lo`` to
+    ``hi``; one value when they are equal) in ``missing_ranges``; a value in
+    one of them becomes missing here.
+    """
+    import pyreadstat
+
+    df, meta = pyreadstat.read_sav(str(p), user_missing=True, apply_value_formats=False)
+    counts: dict[str, int] = {}
+    for col, ranges in (meta.missing_ranges or {}).items():
+        if col not in df.columns or not ranges:
+            continue
+        s = df[col]
+        numeric = pd.api.types.is_numeric_dtype(s.dtype)
+        hit = np.zeros(len(s), dtype=bool)
+        for r in ranges:
+            lo, hi = (r["lo"], r["hi"]) if isinstance(r, dict) else (r, r)
+            if numeric:
+                v = s.to_numpy(dtype=float, na_value=np.nan)
+                with np.errstate(invalid="ignore"):
+                    hit |= (v >= float(lo)) & (v <= float(hi))
+            else:
+                hit |= (s.astype("str").str.strip() == str(lo).strip()).to_numpy(dtype=bool)
+        if hit.any():
+            df[col] = s.mask(hit)
+            counts[str(col).strip()] = int(hit.sum())
+    df.attrs[USER_MISSING_ATTR] = counts
+    return df
+
+
 def _read_text(p: Path, sep: str) -> pd.DataFrame:
     kw: dict[str, Any] = {"dtype": str, "keep_default_na": True, "skip_blank_lines": False}
+    # A semicolon-separated "CSV" (as spreadsheets in decimal-comma locales write it):
+    # told by its header line, which has semicolons and no commas.
+    if sep == ",":
+        with p.open("rb") as fh:
+            header = fh.readline()
+        if b";" in header and b"," not in header:
+            sep = ";"
     try:
-        df = pd.read_csv(p, sep=sep, encoding="utf-8-sig", **kw)
+        return pd.read_csv(p, sep=sep, encoding="utf-8-sig", **kw)
     except UnicodeDecodeError:
-        df = pd.read_csv(p, sep=sep, encoding="latin-1", **kw)
-    # A semicolon-separated "CSV" (as some spreadsheet locales write) reads as one column.
-    if sep == "," and df.shape[1] == 1 and ";" in str(df.columns[0]):
-        try:
-            df = pd.read_csv(p, sep=";", encoding="utf-8-sig", **kw)
-        except UnicodeDecodeError:
-            df = pd.read_csv(p, sep=";", encoding="latin-1", **kw)
-    return df
+        return pd.read_csv(p, sep=sep, encoding="latin-1", **kw)

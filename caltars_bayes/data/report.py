@@ -21,6 +21,11 @@ __all__ = ["DataReport"]
 MAX_REJECTED_LISTED = 200
 #: At most this many session labels are listed per judge in ``report.crossing``.
 MAX_CROSSING_LISTED = 500
+#: Panels of at most this many judges are listed one judge a line by
+#: :meth:`DataReport.format`; larger panels are summarised.
+MAX_JUDGES_LISTED = 30
+#: A summarised panel lists this many most and least active judges.
+N_JUDGES_RANKED = 5
 
 
 @dataclass
@@ -100,7 +105,7 @@ class DataReport:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     def format(self) -> str:
-        """A readable multi-line text report."""
+        """A readable multi-line text report (over 30 judges: a summary, not one line each)."""
         lines = [f"Data report ({self.instrument})"]
         for k, v in self.sources.items():
             if v is not None:
@@ -133,10 +138,7 @@ class DataReport:
         )
         if self.items_unobserved:
             lines.append(f"  items never rated: {', '.join(self.items_unobserved)}")
-        if self.ratings_per_judge:
-            lines.append("  judge: ratings, sessions rated")
-            for j, n in self.ratings_per_judge.items():
-                lines.append(f"    {j}: {n}, {self.sessions_per_judge.get(j, 0)}")
+        lines.extend(self._judge_lines())
         jps = self.judges_per_session
         if jps:
             lines.append(
@@ -174,6 +176,34 @@ class DataReport:
             lines.append("  notes:")
             lines.extend(f"    - {n}" for n in self.design_notes)
         return "\n".join(lines)
+
+    def _judge_lines(self) -> list[str]:
+        """One line per judge, or a summary when there are over :data:`MAX_JUDGES_LISTED`."""
+        rpj, spj = self.ratings_per_judge, self.sessions_per_judge
+        if not rpj:
+            return []
+        if len(rpj) <= MAX_JUDGES_LISTED:
+            lines = ["  judge: ratings, sessions rated"]
+            lines.extend(f"    {j}: {n}, {spj.get(j, 0)}" for j, n in rpj.items())
+            return lines
+        spread = _spread(np.fromiter(rpj.values(), dtype=float, count=len(rpj)))
+        # most active first; ties keep the judges' order
+        ranked = sorted(rpj, key=lambda j: -rpj[j])
+        fewest = sorted(rpj, key=lambda j: rpj[j])
+
+        def listed(judges: list[str]) -> str:
+            return "; ".join(f"{j} ({rpj[j]}, {spj.get(j, 0)})" for j in judges)
+
+        return [
+            f"  {len(rpj)} judges (over {MAX_JUDGES_LISTED}: summarised; the full table is"
+            " judge_table(data), or validate --out FILE)",
+            f"    ratings per judge: min {spread['min']:g}, median {spread['median']:g},"
+            f" max {spread['max']:g}",
+            f"    {N_JUDGES_RANKED} most active (ratings, sessions rated): "
+            + listed(ranked[:N_JUDGES_RANKED]),
+            f"    {N_JUDGES_RANKED} least active (ratings, sessions rated): "
+            + listed(fewest[:N_JUDGES_RANKED]),
+        ]
 
     def __str__(self) -> str:
         return self.format()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from caltars_bayes._core.errors import FitIOError
 from caltars_bayes._core.io import atomic_write_dir, json_writer
 from caltars_bayes.data.ratings import RatingData
 from caltars_bayes.inference.approx import approximate_diagnostics, run_approx
+from caltars_bayes.inference.arviz_tree import LogLikBy, fit_datatree, saved_groups
 from caltars_bayes.inference.diagnostics import Diagnostics, check_convergence
 from caltars_bayes.inference.display import fit_html
 from caltars_bayes.inference.record import (
@@ -141,10 +142,13 @@ class Fit:
 
     # ----------------------------------------------------------------- I/O
 
-    def core_files(self) -> dict[str, Callable[[Path], Any]]:
+    def core_files(self, groups: Sequence[str] | None = None) -> dict[str, Callable[[Path], Any]]:
         """Writers of the reloadable core (:data:`CORE_FILES` and the covariate
-        tables), for :func:`~caltars_bayes._core.io.atomic_write_dir`."""
+        tables), for :func:`~caltars_bayes._core.io.atomic_write_dir`; ``groups``
+        as in :meth:`save`."""
         dt = self.datatree.copy()
+        for name, ds in saved_groups(self, groups or ()).items():
+            dt[name] = xr.DataTree(ds)
         dt.attrs = {
             **{k: v for k, v in dt.attrs.items() if isinstance(v, str | int | float)},
             "caltars_bayes_version": package_version(),
@@ -173,16 +177,39 @@ class Fit:
             files["session_covariates.csv"] = lambda p: session_covariates.to_csv(p)
         return files
 
-    def save(self, out: str | Path, force: bool = False) -> Path:
+    def save(
+        self, out: str | Path, force: bool = False, groups: Sequence[str] | None = None
+    ) -> Path:
         """Write the reloadable core atomically (an existing directory needs ``force``).
 
-        Tables, figures and verdicts are not written here: see
-        :func:`caltars_bayes.report.outputs.save_fit_directory`.
+        ``groups``: ArviZ groups of :meth:`to_datatree` to write into
+        ``posterior.nc`` too, e.g. ``("observed_data", "log_likelihood")``
+        (see :func:`caltars_bayes.inference.arviz_tree.saved_groups`); by
+        default only ``posterior`` and ``sample_stats``. :func:`load_fit`
+        keeps every group the file holds. Tables, figures and verdicts are
+        not written here: see :func:`caltars_bayes.report.outputs.save_fit_directory`.
         """
         out = Path(out)
-        atomic_write_dir(out, self.core_files(), force=force)
+        atomic_write_dir(out, self.core_files(groups), force=force)
         self.directory = out
         return out
+
+    def to_datatree(
+        self,
+        log_likelihood: LogLikBy | None = "session",
+        posterior_predictive: int | None = None,
+        prior: int | None = None,
+        seed: int = 0,
+    ) -> xr.DataTree:
+        """The fit as a DataTree that ``arviz_stats`` and ``arviz_plots`` use unchanged.
+
+        Adds ``observed_data``, ``constant_data``, ``log_likelihood`` (per
+        ``"session"`` with its deviations integrated out, per ``"rating"``, or
+        None), ``posterior_predictive`` (``n`` draws per chain) and, with
+        ``prior=n``, ``prior``, ``prior_predictive`` and ``log_prior`` to the
+        posterior and sample_stats; see :func:`caltars_bayes.inference.arviz_tree.fit_datatree`.
+        """
+        return fit_datatree(self, log_likelihood, posterior_predictive, prior, seed)
 
     # ----------------------------------------------------------------- display
 

@@ -59,7 +59,9 @@ from caltars_bayes.model.density import (
 
 if TYPE_CHECKING:
     from caltars_bayes.data.ratings import RatingData
-    from caltars_bayes.inference.fit import Fit
+
+    # what predict reads of a fit; not fit.Fit, which imports predict (via arviz_tree)
+    from caltars_bayes.inference.tables import FitParts as Fit
 
 #: Most values (draws x ratings) held in one working array.
 CHUNK_ELEMENTS = 2_000_000

@@ -43,6 +43,7 @@ large designs) is decided by :func:`caltars_bayes.model.plan.plan_model`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,16 @@ from caltars_bayes.model.components import (
 from caltars_bayes.model.informative import InformativePriors, add_borrowed_priors
 from caltars_bayes.model.plan import covariate_tables, dense_cells, plan_model
 from caltars_bayes.spec.instrument import Instrument, ModelOptions, Priors
+
+# PyTensor looks for a BLAS library the first time a C op asks for its flags (the
+# initial-point function even on the numba/JAX path) and warns in four lines when
+# none is found; the fit does not need one. Only that one warning is silenced.
+warnings.filterwarnings(
+    "ignore",
+    message=r"PyTensor could not link to a BLAS installation",
+    category=UserWarning,
+    module=r"pytensor\.link\.c\.cmodule",
+)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from caltars_bayes.report.borrowed import borrowed_headline, borrowed_section
 from caltars_bayes.report.document import Report
 from caltars_bayes.report.elements import Section, apa_number, omitted_section
 from caltars_bayes.report.methods import methods_paragraph
+from caltars_bayes.report.outputs import FitResults
 from caltars_bayes.report.plots import MAX_FLAGGED
 from caltars_bayes.report.sections_fit import convergence_section, design_section
 from caltars_bayes.report.sections_results import (
@@ -102,9 +103,25 @@ def _subtitle(fit: Fit) -> str:
     )
 
 
+def _dstudy(
+    fit: Fit, dstudy: DStudy | bool | None, sections: list[Section], say: Callable[[str], None]
+) -> DStudy | None:
+    """Append the decision-study section (computed unless given or not requested)."""
+    if dstudy is False:
+        sections.append(
+            omitted_section("dstudy", "Decision study", "Decision study: not requested.")
+        )
+        return None
+    say("decision study")
+    study = run_dstudy(fit) if dstudy is None or dstudy is True else dstudy
+    sections.append(dstudy_section(study))
+    return study
+
+
 def build_report(
     fit: Fit,
     *,
+    results: FitResults | None = None,
     hypotheses: Hypotheses | None = None,
     dstudy: DStudy | bool | None = None,
     comparison: pd.DataFrame | None = None,
@@ -121,6 +138,10 @@ def build_report(
     Parameters
     ----------
     fit : the fit.
+    results : the tables :func:`~caltars_bayes.report.outputs.save_fit_directory`
+        returned for this fit: its reliability, associations and hypothesis
+        verdicts are reused instead of computed again (and its hypotheses are
+        the default ``hypotheses``).
     hypotheses : validity hypotheses to test (none when None; those a fit
         directory was written with: :func:`~caltars_bayes.report.outputs.saved_hypotheses`).
     dstudy : a :class:`~caltars_bayes.analysis.reliability.DStudy`; ``None`` computes the
@@ -149,6 +170,13 @@ def build_report(
     """
     say = progress or (lambda _msg: None)
     hyps = hypotheses
+    associations = verdicts = None
+    if results is not None:
+        hyps = hyps if hyps is not None else results.hypotheses
+        if reliability_table is None:
+            reliability_table = results.reliability
+        if hyps is results.hypotheses:  # the tables were computed for these hypotheses
+            associations, verdicts = results.associations, results.verdicts
     d = fit.diagnostics
     sections: list[Section] = []
     say("data")
@@ -167,17 +195,9 @@ def build_report(
     say("judges")
     sections.append(judges_section(fit))
     say("construct validity")
-    val_section, hyp_table = validity_section(fit, hyps)
+    val_section, hyp_table = validity_section(fit, hyps, associations, verdicts)
     sections.append(val_section)
-    study: DStudy | None = None
-    if dstudy is False:
-        sections.append(
-            omitted_section("dstudy", "Decision study", "Decision study: not requested.")
-        )
-    else:
-        say("decision study")
-        study = run_dstudy(fit) if dstudy is None or dstudy is True else dstudy
-        sections.append(dstudy_section(study))
+    study = _dstudy(fit, dstudy, sections, say)
     if comparison is not None:
         say("model comparison")
         sections.append(comparison_section(comparison))

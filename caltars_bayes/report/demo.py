@@ -10,12 +10,12 @@ report: ``trial/``, ``fit/``, ``dstudy/``, ``report.html``, ``report.md``,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from caltars_bayes._core.errors import CaltarsError
+from caltars_bayes._core.progress import Say, silent
 from caltars_bayes.analysis.reliability import DStudy, dstudy
 from caltars_bayes.inference.fit import Fit
 from caltars_bayes.model.simulate import (
@@ -37,9 +37,6 @@ FOUNDING_HYPOTHESES = "caltars-1989-hypotheses.toml"
 DEMO_FORMATS = ("html", "md", "latex")
 
 
-def _silent(text: str) -> None:
-    """The default ``say``: print nothing."""
-
 
 @dataclass
 class DemoResults:
@@ -55,7 +52,7 @@ class DemoResults:
     hypotheses: str | None = None
 
 
-def founding_hypotheses(instrument: Instrument, say: Callable[[str], None] = _silent) -> str | None:
+def founding_hypotheses(instrument: Instrument, say: Say = silent) -> str | None:
     """The founding study's hypotheses file when its scales are the instrument's, else None."""
     path = models_dir() / FOUNDING_HYPOTHESES
     missing = sorted(
@@ -80,7 +77,7 @@ def run_demo(
     seed: int = 1,
     hypotheses: str | Path | bool | None = True,
     force: bool = False,
-    say: Callable[[str], None] = _silent,
+    say: Say = silent,
     **fit_options: Any,
 ) -> DemoResults:
     """Simulate, fit, run the decision study and write the report of a founding-design trial.
@@ -151,9 +148,8 @@ def run_demo(
     step(5, "writing the report (HTML, markdown, LaTeX)")
     report = build_report(
         fit,
-        hypotheses=results.hypotheses,
+        results=results,
         dstudy=study,
-        reliability_table=results.reliability,
         progress=lambda name: say(f"  {name} ({time.perf_counter() - t0:.0f} s)"),
     )
     try:

@@ -153,6 +153,29 @@ def reliability_section(fit: Fit, table: pd.DataFrame | None) -> tuple[Section, 
                 column_digits={"sessions": 1},
             )
         )
+    ic = rel[rel["route"] == "classical"] if "n_obs" in rel.columns else rel.iloc[:0]
+    if len(ic):
+        text.append(
+            "Internal consistency of each scale's items (one row per subject x session x "
+            "judge): Cronbach's alpha (the reliability of the item mean if all items load "
+            "equally on one factor) and McDonald's omega (the share of the item mean's "
+            "variance due to the common factor of a one-factor model), with 95% confidence "
+            "intervals from a bootstrap over subjects."
+        )
+        frame = ic.rename(
+            columns={"median": "estimate", "hdi_low": "ci_low", "hdi_high": "ci_high"}
+        )
+        cols = ["scale", "coefficient", "estimate", "ci_low", "ci_high", "n_obs", "n_items"]
+        tables.append(
+            ReportTable(
+                "internal_consistency",
+                "Internal consistency of the scales' items (classical; alpha, omega).",
+                frame[[*cols, "converged"]].reset_index(drop=True),
+                bounded=("estimate", "ci_low", "ci_high"),
+                column_digits={"n_obs": 0, "n_items": 0},
+                posterior=False,
+            )
+        )
     return Section("reliability", "Reliability", text, tables), rel
 
 
@@ -213,9 +236,16 @@ HYPOTHESIS_COLUMNS = [
 
 
 def validity_section(
-    fit: Fit, hypotheses: Hypotheses | None
+    fit: Fit,
+    hypotheses: Hypotheses | None,
+    assoc: pd.DataFrame | None = None,
+    verdicts: pd.DataFrame | None = None,
 ) -> tuple[Section, pd.DataFrame | None]:
-    """The construct validity section, and the hypotheses table (None: none tested)."""
+    """The construct validity section, and the hypotheses table (None: none tested).
+
+    ``assoc`` and ``verdicts``: the associations and hypotheses tables already
+    computed for this fit and these hypotheses (else computed here).
+    """
     if not (fit.plan.covariates or fit.plan.session_covariates):
         return (
             omitted_section(
@@ -226,7 +256,8 @@ def validity_section(
             ),
             None,
         )
-    assoc = associations(fit, hypotheses=hypotheses)
+    if assoc is None:
+        assoc = associations(fit, hypotheses=hypotheses)
     bounded = ("median", "hdi_low", "hdi_high", "classical_r")
     text = [
         "Latent correlations of each scale with each covariate (modelled jointly, so corrected "
@@ -245,7 +276,7 @@ def validity_section(
     ]
     hyp_table = None
     if hypotheses is not None:
-        hyp_table = test_hypotheses(fit, hypotheses)
+        hyp_table = verdicts if verdicts is not None else test_hypotheses(fit, hypotheses)
         text.append(
             f"Hypotheses ({hypotheses.source}): {summarise_verdicts(hyp_table)}. A directional "
             f"hypothesis is supported when P(expected sign) >= {hypotheses.support:g} and "

@@ -25,6 +25,7 @@ import pandas as pd
 from caltars_bayes._core.errors import CaltarsError
 from caltars_bayes._core.figures import close_figures, figure_files
 from caltars_bayes._core.io import atomic_write_dir
+from caltars_bayes._core.progress import Say, silent
 from caltars_bayes.analysis.borrow import Borrowed, derive_priors, read_prior_from
 from caltars_bayes.analysis.compare import compare_fits, plot_compare
 from caltars_bayes.analysis.ppc import PPC, ppc
@@ -53,9 +54,6 @@ FIT_DEFAULTS = {
 }
 
 
-def _silent(text: str) -> None:
-    """The default ``say``: print nothing."""
-
 
 def checked_hypotheses(hypotheses: Hypotheses | str | Path, data: RatingData) -> Hypotheses:
     """Hypotheses (a TOML path or parsed) checked against the data's scales and
@@ -70,7 +68,7 @@ def borrow_priors(
     prior_from: Fit | str | Path,
     data: RatingData,
     weight: float = 1.0,
-    say: Callable[[str], None] = _silent,
+    say: Say = silent,
 ) -> Borrowed:
     """Informative priors for ``data`` from an earlier fit (or its directory)."""
     earlier = prior_from if isinstance(prior_from, Fit) else load_fit(prior_from)
@@ -92,7 +90,7 @@ def fit_to_directory(
     prior_from: Fit | str | Path | None = None,
     prior_weight: float = 1.0,
     force: bool = False,
-    say: Callable[[str], None] = _silent,
+    say: Say = silent,
     **fit_options: Any,
 ) -> tuple[Fit, FitResults]:
     """Fit ``data`` and write the whole fit directory ``out``: what ``caltars-bayes fit`` does.
@@ -170,7 +168,7 @@ def report_fit_directory(
     dstudy: bool = True,
     ppc: bool = True,
     force: bool = False,
-    say: Callable[[str], None] = _silent,
+    say: Say = silent,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[Report, Path]:
     """Write the report of a fit directory: what ``caltars-bayes report`` does.

@@ -277,7 +277,8 @@ def test_point_mass_posterior_gives_the_true_coefficients(point_fit, small_trial
     rel = reliability(point_fit, prob=0.9)
     truth = true_reliability(small_trial.truth, calpas, n_replicates=2, n_new_judges=300)
     m = rel.merge(truth, on=KEYS, validate="one_to_one")
-    assert len(m) == len(rel) == len(truth) == 4 * (2 * 2 * 2 * 2 + 2 * 2 * 2)
+    posterior_rows = rel[rel["route"] != "classical"]  # alpha and omega have no truth here
+    assert len(m) == len(posterior_rows) == len(truth) == 4 * (2 * 2 * 2 * 2 + 2 * 2 * 2)
     lat = m[m["route"] == "latent"]
     np.testing.assert_allclose(lat["median"], lat["value"], rtol=1e-10)
     np.testing.assert_allclose(lat["hdi_low"], lat["value"], rtol=1e-10)
@@ -358,7 +359,8 @@ def test_designs_with_one_session_or_one_judge(calpas) -> None:
     rel = reliability(fit, max_observed_draws=3)
     # one session per subject: session and treatment level coincide
     idx = ["scale", "judges", "route", "coefficient"]
-    ses = rel[(rel["level"] == "session")].set_index(idx)["median"]
+    ses = rel[(rel["level"] == "session") & (rel["route"] != "classical")]
+    ses = ses.set_index(idx)["median"]
     trt = rel[(rel["level"] == "treatment") & (rel["generalizes_over"] == "judges")]
     trt = trt.set_index(idx)["median"]
     np.testing.assert_allclose(ses.sort_index(), trt.sort_index(), rtol=1e-9)
@@ -619,8 +621,24 @@ def test_fit_directory_has_reliability_and_judge_columns(tiny_fit, tmp_path) -> 
     assert {"classical", "converged"} <= set(rel.columns)
     assert not rel["converged"].any()  # the tiny fit is not converged, and says so
     assert set(rel["level"]) == {"session", "treatment"}
-    assert set(rel["route"]) == {"latent", "observed"}
+    assert set(rel["route"]) == {"latent", "observed", "classical"}
     assert rel["median"].between(0, 1).all()
+    # Cronbach's alpha in reliability.csv against pandas on the saved ratings
+    ratings = pd.read_csv(out / "ratings.csv", dtype={"subject": str, "session": str})
+    item_scale = tiny_fit.data.instrument.item_scale
+    wide = ratings.pivot_table(
+        index=["subject", "session", "judge"], columns="item", values="rating"
+    )
+    alpha = rel[rel["coefficient"] == "alpha"].set_index("scale")
+    assert list(alpha.index) == list(tiny_fit.data.scales)
+    for scale in tiny_fit.data.scales:
+        table = wide[[i for i in wide.columns if item_scale[i] == scale]].dropna()
+        k = table.shape[1]
+        expect = k / (k - 1) * (1 - table.var().sum() / table.sum(axis=1).var())
+        assert alpha.loc[scale, "median"] == pytest.approx(expect, abs=0.001)
+        assert alpha.loc[scale, "n_obs"] == len(table) == 12 * 2 * 3
+        assert alpha.loc[scale, "hdi_low"] < expect < alpha.loc[scale, "hdi_high"]
+    assert set(rel.loc[rel["route"] == "classical", "coefficient"]) == {"alpha", "omega"}
     judges = pd.read_csv(out / "judges.csv")
     assert "correlation" in set(judges["parameter"]) and "flag" in judges.columns
 
@@ -682,3 +700,31 @@ def test_posterior_intervals_cover_true_coefficients(calpas) -> None:
     width = m["hdi_high"] - m["hdi_low"]
     assert width.mean() < 0.25
     assert (m["median"] - m["value"]).abs().mean() < 0.06
+
+
+def test_classical_alpha_and_omega_rows(point_fit) -> None:
+    from caltars_bayes.analysis.classical import scale_internal_consistency
+
+    rel = reliability(point_fit, max_observed_draws=4, n_boot=300, seed=2)
+    cls = rel[rel["route"] == "classical"]
+    assert list(zip(cls["scale"], cls["coefficient"], strict=True)) == [
+        (s, c) for s in point_fit.data.scales for c in ("alpha", "omega")
+    ]
+    # last rows of each scale, one judge's session score, generalizing over items
+    last = rel.groupby("scale", sort=False).tail(2)
+    assert (last["route"] == "classical").all()
+    assert (cls["level"] == "session").all() and (cls["judges"] == 1).all()
+    assert (cls["sessions"] == 1.0).all() and (cls["generalizes_over"] == "items").all()
+    assert (cls["median"] == cls["mean"]).all() and (cls["n_draws"] == 300).all()
+    assert cls["classical"].isna().all() and cls["classical_oneway"].isna().all()
+    assert rel.loc[rel["route"] != "classical", ["n_obs", "n_items"]].isna().all().all()
+    ref = scale_internal_consistency(point_fit.data, n_boot=300, seed=2, prob=0.95)
+    np.testing.assert_allclose(cls["median"], ref["estimate"])
+    np.testing.assert_allclose(cls["hdi_low"], ref["ci_low"])
+    np.testing.assert_allclose(cls["hdi_high"], ref["ci_high"])
+    assert (cls["n_obs"] == 30 * 3 * 3).all() and (cls["n_items"] == 6).all()
+    assert cls["classical_method"].str.contains("bootstrap over subjects").all()
+    # six congeneric items of one factor: omega at least alpha, both well inside (0, 1)
+    wide = cls.pivot(index="scale", columns="coefficient", values="median")
+    assert (wide["omega"] >= wide["alpha"] - 1e-9).all()
+    assert wide.stack().between(0.5, 0.95).all()

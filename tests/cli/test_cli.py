@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,93 @@ def test_fit_alternative_structure(sim_dir, tmp_path):
         )
         == 2
     )
+
+
+def test_version_prints_the_package_version_and_imports_no_pymc(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"caltars-bayes {version('caltars-bayes')}\n"
+    code = (
+        "import sys\n"
+        "from caltars_bayes.cli import main\n"
+        "try:\n"
+        "    main(['--version'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0\n"
+        "heavy = [m for m in ('pymc', 'pytensor', 'numba', 'jax') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"caltars-bayes {version('caltars-bayes')}"
+
+
+@pytest.fixture(scope="module")
+def many_judges_csv(tmp_path_factory) -> Path:
+    """A sparse panel of 40 judges, two per session (simulated)."""
+    out = tmp_path_factory.mktemp("cli") / "sim40"
+    args = ["simulate", "--instrument", CALPAS, "--subjects", "30", "--sessions", "3"]
+    args += ["--judges", "40", "--judges-per-session", "2", "--seed", "7", "--no-covariates"]
+    assert main([*args, "--out", str(out)]) == 0
+    return out / "ratings.csv"
+
+
+def test_validate_summarises_many_judges_and_writes_the_table(many_judges_csv, tmp_path, capsys):
+    r = pd.read_csv(many_judges_csv, dtype={"judge": str, "subject": str, "session": str})
+    counts = r.groupby("judge").size()
+    assert len(counts) > 30
+    out = tmp_path / "judges.csv"
+    assert main(["validate", str(many_judges_csv), "--instrument", CALPAS, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"{len(counts)} judges (over 30: summarised" in text
+    assert (
+        f"ratings per judge: min {counts.min():g}, median {counts.median():g}, "
+        f"max {counts.max():g}" in text
+    )
+    assert "5 most active" in text and "5 least active" in text
+    assert not any(
+        line.startswith(f"    {j}: ") for j in counts.index for line in text.splitlines()
+    )
+    tab = pd.read_csv(out, dtype={"judge": str}).set_index("judge")
+    g = r.groupby("judge")
+    assert tab["n_ratings"].to_dict() == counts.to_dict()
+    assert tab["n_subjects"].to_dict() == g["subject"].nunique().to_dict()
+    sessions = r["subject"] + "|" + r["session"]
+    assert tab["n_sessions"].to_dict() == sessions.groupby(r["judge"]).nunique().to_dict()
+    # refused without --force (exit 2, one line), replaced with it; JSON by suffix
+    assert main(["validate", str(many_judges_csv), "--instrument", CALPAS, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {out}: already exists; use --force to overwrite\n"
+    js = tmp_path / "judges.json"
+    assert main(["validate", str(many_judges_csv), "--instrument", CALPAS, "--out", str(js)]) == 0
+    assert [d["n_ratings"] for d in json.loads(js.read_text())] == tab["n_ratings"].tolist()
+    capsys.readouterr()
+    bad = tmp_path / "judges.txt"
+    assert main(["validate", str(many_judges_csv), "--instrument", CALPAS, "--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and ".csv or .json" in err
+    assert not bad.exists()
+
+
+def test_validate_lists_small_panels_one_judge_a_line(sim_dir, capsys):
+    assert main(["validate", str(sim_dir / "ratings.csv"), "--instrument", CALPAS]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  judge: ratings, sessions rated" in lines
+    assert sum(1 for x in lines if re.match(r"    J\d+: \d+, \d+$", x)) == 2
+
+
+@pytest.mark.slow
+def test_clean_fit_prints_no_blas_warning(tiny_trial, tmp_path):
+    """A fit's stderr carries no PyTensor BLAS warning (nor any other warning)."""
+    ratings = tmp_path / "ratings.csv"
+    tiny_trial.to_rating_data().to_long().to_csv(ratings, index=False)
+    exe = Path(sys.executable).parent / "caltars-bayes"
+    args = [str(exe), "fit", str(ratings), "--instrument", CALPAS, "--out", str(tmp_path / "f")]
+    args += ["--draws", "20", "--tune", "20", "--chains", "1", "--quiet"]
+    env = {**os.environ, "CALTARS_BAYES_NUTPIE_BACKEND": "jax"}
+    res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "BLAS" not in res.stderr
+    assert "warning" not in res.stderr.lower(), res.stderr

@@ -897,3 +897,225 @@ def test_property_malformed_drop(case: tuple[pd.DataFrame, set[int], set[int], s
     assert used == clean
     assert rep.missing == len(missing)
     assert {e["row"] for e in rep.rejected_rows} == bad | originals
+
+
+# --------------------------------------------------------------------------- judge table
+
+
+def _many_judges(n_judges: int = 40, seed: int = 3) -> pd.DataFrame:
+    """A long table where each session is rated by 1-3 of many judges, unevenly, some blanks."""
+    rng = np.random.default_rng(seed)
+    judges = [f"J{k:02d}" for k in range(1, n_judges + 1)]
+    weights = rng.gamma(2.0, size=n_judges)
+    weights /= weights.sum()
+    rows = []
+    for s in range(1, 41):
+        for t in range(1, 1 + int(rng.integers(1, 5))):
+            for j in rng.choice(judges, size=int(rng.integers(1, 4)), replace=False, p=weights):
+                for it in rng.choice(CALTARS.items, size=int(rng.integers(3, 12)), replace=False):
+                    r = int(rng.integers(CALTARS.response_min, CALTARS.response_max + 1))
+                    cell = "" if rng.random() < 0.05 else str(r)
+                    rows.append((f"S{s}", str(t), str(j), str(it), cell))
+    return pd.DataFrame(rows, columns=["subject", "session", "judge", "item", "rating"])
+
+
+def test_judge_table_matches_direct_counts() -> None:
+    from caltars_bayes.data.judges import judge_table
+
+    df = _many_judges()
+    rd = RatingData.from_frame(df, CALTARS)
+    tab = judge_table(rd)
+    # the direct count, on the input table: blank ratings are missing, not used
+    used = df[df["rating"] != ""].copy()
+    used["rating"] = used["rating"].astype(int)
+    lo, hi = CALTARS.response_min, CALTARS.response_max
+    rev = used["item"].isin(CALTARS.reverse_keyed)
+    used["score"] = np.where(rev, lo + hi - used["rating"], used["rating"])
+    used["sess"] = used["subject"] + "|" + used["session"]
+    judges_per_sess = used.groupby("sess")["judge"].nunique()
+    shared_sessions = set(judges_per_sess.index[judges_per_sess >= 2])
+    g = used.groupby("judge")
+    direct = pd.DataFrame(
+        {
+            "n_ratings": g.size(),
+            "n_subjects": g["subject"].nunique(),
+            "n_sessions": g["sess"].nunique(),
+            "n_sessions_shared": g["sess"].agg(lambda s: len(set(s) & shared_sessions)),
+            "n_items": g["item"].nunique(),
+            "mean_score": g["score"].mean(),
+        }
+    ).reindex(list(rd.judges))
+    assert tab["judge"].tolist() == list(rd.judges)
+    assert rd.n_judges > 30 and len(tab) == rd.n_judges
+    for col in ("n_ratings", "n_subjects", "n_sessions", "n_sessions_shared", "n_items"):
+        assert tab[col].tolist() == direct[col].astype(int).tolist(), col
+    np.testing.assert_allclose(tab["mean_score"], direct["mean_score"], rtol=1e-12)
+    assert tab["n_ratings"].sum() == rd.report.used
+    assert dict(zip(tab["judge"], tab["n_ratings"], strict=True)) == rd.report.ratings_per_judge
+    assert dict(zip(tab["judge"], tab["n_sessions"], strict=True)) == rd.report.sessions_per_judge
+
+
+def test_report_summarises_panels_over_30_judges() -> None:
+    from caltars_bayes.data.report import MAX_JUDGES_LISTED
+
+    rd = RatingData.from_frame(_many_judges(), CALTARS)
+    rep = rd.report
+    text = rep.format()
+    counts = pd.Series(rep.ratings_per_judge)
+    assert len(counts) > MAX_JUDGES_LISTED == 30
+    # no line per judge, one summary instead
+    assert not any(re.match(r"\s+J\d\d: \d+, \d+$", line) for line in text.splitlines())
+    assert f"{len(counts)} judges (over 30: summarised" in text
+    assert (
+        f"ratings per judge: min {counts.min():g}, median {counts.median():g}, "
+        f"max {counts.max():g}" in text
+    )
+    spj = rep.sessions_per_judge
+    most = counts.sort_values(ascending=False, kind="stable").index[:5]
+    least = counts.sort_values(kind="stable").index[:5]
+    most_line = next(x for x in text.splitlines() if "5 most active" in x)
+    least_line = next(x for x in text.splitlines() if "5 least active" in x)
+    assert most_line.endswith("; ".join(f"{j} ({counts[j]}, {spj[j]})" for j in most))
+    assert least_line.endswith("; ".join(f"{j} ({counts[j]}, {spj[j]})" for j in least))
+    assert counts[most[0]] == counts.max() and counts[least[0]] == counts.min()
+
+
+def test_report_lists_panels_of_30_judges_one_a_line() -> None:
+    judges = tuple(f"J{k:02d}" for k in range(1, 31))
+    rd = RatingData.from_frame(make_long(n_subjects=1, judges=judges, items=("PPC1",)), CALTARS)
+    lines = rd.report.format().splitlines()
+    assert "  judge: ratings, sessions rated" in lines
+    assert "    J07: 1, 1" in lines and "summarised" not in rd.report.format()
+
+
+def test_save_judge_table_csv_json_and_refusals(tmp_path: Path) -> None:
+    from caltars_bayes._core.errors import CaltarsError
+    from caltars_bayes.data.judges import judge_table, save_judge_table
+
+    rd = RatingData.from_frame(_many_judges(), CALTARS)
+    expected = judge_table(rd)
+    save_judge_table(rd, tmp_path / "j.csv")
+    back = pd.read_csv(tmp_path / "j.csv", dtype={"judge": str})
+    pd.testing.assert_frame_equal(back, expected, check_dtype=False)
+    save_judge_table(rd, tmp_path / "j.JSON")
+    records = json.loads((tmp_path / "j.JSON").read_text())
+    assert records[0] == {k: v for k, v in expected.iloc[0].items()} | {
+        "mean_score": pytest.approx(expected["mean_score"].iloc[0])
+    }
+    assert len(records) == len(expected)
+    with pytest.raises(CaltarsError, match=r"j\.csv: already exists; use --force"):
+        save_judge_table(rd, tmp_path / "j.csv")
+    (tmp_path / "j.csv").write_text("old")
+    save_judge_table(expected, tmp_path / "j.csv", force=True)
+    assert len(pd.read_csv(tmp_path / "j.csv")) == len(expected)
+    with pytest.raises(CaltarsError, match=r"j\.xlsx: a judge table is written as \.csv or \.json"):
+        save_judge_table(rd, tmp_path / "j.xlsx")
+    assert not (tmp_path / "j.xlsx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.JSON", "j.csv"]  # no temp files left
+
+
+# --------------------------------------------------------------------------- missing codes, SPSS
+# user-missing values, decimal commas (issue 27)
+
+
+def _with_codes(layout: str) -> tuple[pd.DataFrame, int]:
+    """A valid table with 9 and 99 written in some rating cells (as SPSS users code 'not rated')."""
+    rd = RatingData.from_frame(make_long(n_subjects=2), CALTARS)
+    df = rd.to_long() if layout == "long" else rd.wide()
+    col = "rating" if layout == "long" else "PPC1"
+    df[col] = df[col].astype(object)
+    df.loc[[0, 3], col] = "9"
+    df.loc[[1], col] = "99.0"
+    return df, 3
+
+
+@pytest.mark.parametrize("layout", ["long", "wide"])
+def test_missing_codes_counted_as_missing(layout: str) -> None:
+    df, n = _with_codes(layout)
+    with pytest.raises(DataError, match="outside the response range"):
+        RatingData.from_frame(df, CALTARS)  # without the codes, 9 is an invalid rating
+    plain = RatingData.from_frame(df, CALTARS, on_invalid="drop")
+    rd = RatingData.from_frame(df, CALTARS, missing_codes=[99, 9])
+    adds_up(rd.report)
+    assert rd.report.rejected == 0 and rd.report.missing == n
+    assert rd.report.used == plain.report.used and plain.report.rejected == n
+    assert any(
+        "3 rating(s) equal to a missing code (9, 99) counted as missing" in x
+        for x in rd.report.design_notes
+    )
+    assert not (rd.ratings["rating"] >= 9).any()
+
+
+def test_missing_codes_must_lie_outside_the_range() -> None:
+    df, _ = _with_codes("long")
+    with pytest.raises(DataError, match=r"missing code 3: inside the response range 1\.\.5 of"):
+        RatingData.from_frame(df, CALTARS, missing_codes=[9, 3])
+    with pytest.raises(DataError, match="missing code 'x': not a number"):
+        RatingData.from_frame(df, CALTARS, missing_codes=["x"])
+
+
+def test_missing_codes_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from caltars_bayes.cli import main
+
+    df, _ = _with_codes("long")
+    p = tmp_path / "r.csv"
+    df.to_csv(p, index=False)
+    inst = str(models_dir() / "caltars.toml")
+    assert main(["validate", str(p), "--instrument", inst, "--missing-codes", "9,99"]) == 0
+    assert "missing 3 + rejected 0" in capsys.readouterr().out
+    assert main(["validate", str(p), "--instrument", inst, "--missing-codes", "9;99"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--missing-codes '9;99'" in err
+
+
+def test_spss_user_missing_values_read_as_missing(tmp_path: Path) -> None:
+    import pyreadstat
+
+    rd = RatingData.from_frame(make_long(n_subjects=2), CALTARS)
+    long = rd.to_long()
+    sav = long.astype({"subject": object, "session": object, "judge": object, "item": object})
+    sav["rating"] = sav["rating"].astype(float)
+    sav.loc[[0, 5], "rating"] = 9.0
+    sav.loc[[7], "rating"] = 99.0
+    sav.loc[[8], "rating"] = np.nan  # system-missing
+    p = tmp_path / "r.sav"
+    pyreadstat.write_sav(sav, str(p), missing_ranges={"rating": [9, 99]})
+    cov = pd.DataFrame({"subject": ["1", "2"], "age": [34.0, -9.0], "dose": [-1.0, 2.5]})
+    pc = tmp_path / "cov.sav"
+    pyreadstat.write_sav(cov, str(pc), missing_ranges={"age": [{"lo": -99, "hi": -1}]})
+    back = RatingData.from_files(p, CALTARS, covariates=pc)
+    adds_up(back.report)
+    assert back.report.missing == 4 and back.report.rejected == 0
+    assert back.report.used == len(long) - 4
+    assert any(
+        "3 value(s) in column 'rating' are SPSS user-missing codes" in x
+        for x in back.report.design_notes
+    )
+    assert back.covariates is not None
+    assert np.isnan(back.covariates.loc["2", "age"]) and back.covariates.loc["1", "age"] == 34
+    assert back.covariates.loc["1", "dose"] == -1.0  # -1 is a missing code of age only
+    assert back.report.covariates is not None and back.report.covariates["missing"]["age"] == 1
+
+
+def test_decimal_commas_in_covariates(tmp_path: Path) -> None:
+    ratings = tmp_path / "r.csv"
+    make_long(n_subjects=3).to_csv(ratings, index=False)
+    cov = tmp_path / "cov.csv"
+    cov.write_text("subject;x;n\n1;3,5;1\n2;-0,25;2\n3;;3\n")  # a semicolon CSV, as Excel writes
+    rd = RatingData.from_files(ratings, CALTARS, covariates=cov)
+    assert rd.covariates is not None
+    np.testing.assert_array_equal(rd.covariates["x"].to_numpy(), [3.5, -0.25, np.nan])
+    np.testing.assert_array_equal(rd.covariates["n"].to_numpy(), [1, 2, 3])
+    assert any("column 'x' read with decimal commas" in x for x in rd.report.design_notes)
+    # only commas followed by three digits: thousands or decimals? an error, not a guess
+    cov.write_text("subject;x\n1;1,000\n2;2,500\n3;7\n")
+    with pytest.raises(DataError, match=r"cov\.csv.*row 2.*'x'.*'1,000' could be a decimal comma"):
+        RatingData.from_files(ratings, CALTARS, covariates=cov)
+    # one value with other decimals settles it: decimal commas
+    cov.write_text("subject;x\n1;1,000\n2;2,5\n3;7\n")
+    rd = RatingData.from_files(ratings, CALTARS, covariates=cov)
+    assert rd.covariates is not None and list(rd.covariates["x"]) == [1.0, 2.5, 7.0]
+    # mixed decimal points and commas are not numbers
+    cov.write_text("subject;x\n1;3.5\n2;2,5\n3;7\n")
+    with pytest.raises(DataError, match="non-numeric value"):
+        RatingData.from_files(ratings, CALTARS, covariates=cov)

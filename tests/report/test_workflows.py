@@ -128,3 +128,29 @@ def test_notebook_and_cli_write_the_same_check_folder(tiny_fit, tmp_path, capsys
         "loadings.csv", "ppc.csv", "ppc.png", "factor_correlations.svg"
     }  # fmt: skip
     assert len(res.loadings) == len(tiny_fit.data.items)
+
+
+def test_the_report_reuses_the_fit_directorys_tables(tiny_fit, tmp_path, monkeypatch):
+    """build_report(results=...) computes no table that save_fit_directory returned,
+    and says the same as a report that computes them."""
+    from caltars_bayes.report import sections_results
+    from caltars_bayes.report.build import build_report
+    from caltars_bayes.spec.hypotheses import hypotheses_from_dict
+
+    hyps = hypotheses_from_dict(
+        {"hypothesis": [{"scale": "PC", "covariate": "x", "direction": "positive"}]}
+    )
+    res = save_fit_directory(tiny_fit, tmp_path / "fit", hypotheses=hyps)
+    fresh = build_report(tiny_fit, hypotheses=hyps, dstudy=False, ppc=False)
+    expected = fresh.markdown()
+    fresh.close()
+
+    def computed(*args, **kwargs):
+        raise AssertionError("recomputed a table the fit directory already has")
+
+    for name in ("reliability", "associations", "test_hypotheses"):
+        monkeypatch.setattr(sections_results, name, computed)
+    reused = build_report(tiny_fit, results=res, dstudy=False, ppc=False)
+    assert reused.markdown() == expected
+    reused.close()
+    assert "1 hypotheses" in " ".join(reused.summary)

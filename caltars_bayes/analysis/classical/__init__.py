@@ -25,6 +25,11 @@ pca_varimax
     Principal components of the item correlation matrix, varimax-rotated.
 pearson_table
     Pearson r, pairwise-complete n and two-sided p for every column pair.
+cronbach_alpha, mcdonald_omega, internal_consistency, scale_internal_consistency
+    Internal consistency of a scale's items (:mod:`.internal`): Cronbach's
+    alpha and McDonald's omega (one-factor ML), with confidence intervals
+    from a bootstrap over subjects; ``feldt_interval`` and ``one_factor_ml``
+    are the pieces.
 """
 
 from caltars_bayes.analysis.classical.icc import (
@@ -34,6 +39,14 @@ from caltars_bayes.analysis.classical.icc import (
     icc_unbalanced,
     scale_score_icc,
 )
+from caltars_bayes.analysis.classical.internal import (
+    cronbach_alpha,
+    feldt_interval,
+    internal_consistency,
+    mcdonald_omega,
+    one_factor_ml,
+    scale_internal_consistency,
+)
 from caltars_bayes.analysis.classical.pca import PCAResult, pca_varimax
 from caltars_bayes.analysis.classical.pearson import pearson_table
 from caltars_bayes.analysis.classical.reml import reml_variance_components
@@ -42,10 +55,16 @@ __all__ = [
     "ANOVA_METHOD",
     "REML_METHOD",
     "PCAResult",
+    "cronbach_alpha",
+    "feldt_interval",
     "icc_shrout_fleiss",
     "icc_unbalanced",
+    "internal_consistency",
+    "mcdonald_omega",
+    "one_factor_ml",
     "pca_varimax",
     "pearson_table",
     "reml_variance_components",
+    "scale_internal_consistency",
     "scale_score_icc",
 ]

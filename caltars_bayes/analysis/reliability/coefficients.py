@@ -6,7 +6,9 @@ reported here and projected by the decision study, so the posterior, the
 simulation truth and the planning code all use one formula.
 :func:`reliability_draws` gives the per-draw coefficients of a fit by both
 routes; :func:`reliability` summarises them beside the classical Shrout &
-Fleiss ICCs of the observed scale scores (:func:`classical_reliability`).
+Fleiss ICCs of the observed scale scores (:func:`classical_reliability`), and
+adds the classical internal consistency of each scale (Cronbach's alpha and
+McDonald's omega, :func:`classical_internal_consistency`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from caltars_bayes._core.dims import CI_PROB
 from caltars_bayes._core.errors import DataError
 from caltars_bayes._core.summaries import describe_finite
 from caltars_bayes.analysis.classical.icc import scale_score_icc
+from caltars_bayes.analysis.classical.internal import N_BOOT, scale_internal_consistency
 from caltars_bayes.analysis.reliability.components import (
     NEW_JUDGES,
     OBSERVED_DRAWS,
@@ -42,6 +45,10 @@ LEVELS = ("session", "treatment")
 COEFFICIENTS = ("agreement", "consistency")
 GENERALIZES_JUDGES = "judges"
 GENERALIZES_BOTH = "judges and sessions"
+GENERALIZES_ITEMS = "items"
+#: ``route`` of the classical internal-consistency rows (``coefficient`` alpha, omega).
+CLASSICAL_ROUTE = "classical"
+_COEF_ORDER = (*COEFFICIENTS, "alpha", "omega")
 
 
 def coefficient_from_components(
@@ -270,6 +277,52 @@ def classical_reliability(data: RatingData) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def classical_internal_consistency(
+    data: RatingData, prob: float = CI_PROB, *, n_boot: int = N_BOOT, seed: int = 0
+) -> pd.DataFrame:
+    """Cronbach's alpha and McDonald's omega per scale as rows of the ``reliability`` table.
+
+    Computed on the observed item scores (after reverse keying), one row per
+    subject x session x judge, the scale's items as columns, incomplete rows
+    deleted within the scale, with percentile intervals of a bootstrap over
+    subjects (:func:`caltars_bayes.analysis.classical.internal.internal_consistency`).
+    They describe one judge's scale score of one session, generalizing over
+    items, hence ``level = "session"``, ``judges = 1``, ``sessions = 1``,
+    ``route = "classical"``, ``generalizes_over = "items"``.
+
+    Returns
+    -------
+    DataFrame with the columns of :func:`reliability` but ``converged``:
+    ``median`` and ``mean`` hold the point estimate, ``hdi_low`` and
+    ``hdi_high`` the confidence limits (level ``prob``), ``n_draws`` the
+    bootstrap resamples, ``classical_method`` the method, ``n_obs`` the
+    complete rows used and ``n_items`` the items; ``classical`` and
+    ``classical_oneway`` are NaN.
+    """
+    ic = scale_internal_consistency(data, n_boot=n_boot, seed=seed, prob=prob)
+    return pd.DataFrame(
+        {
+            "scale": ic["scale"],
+            "level": "session",
+            "judges": 1,
+            "sessions": 1.0,
+            "route": CLASSICAL_ROUTE,
+            "coefficient": ic["coefficient"],
+            "generalizes_over": GENERALIZES_ITEMS,
+            "median": ic["estimate"].astype(float),
+            "mean": ic["estimate"].astype(float),
+            "hdi_low": ic["ci_low"].astype(float),
+            "hdi_high": ic["ci_high"].astype(float),
+            "n_draws": ic["n_boot"].astype(int),
+            "classical": np.nan,
+            "classical_oneway": np.nan,
+            "classical_method": ic["method"],
+            "n_obs": ic["n_obs"].astype(float),
+            "n_items": ic["n_items"].astype(float),
+        }
+    )
+
+
 def _classical_lookup(classical: pd.DataFrame, scale: str, level: str, case: str, k: int):
     """Classical coefficient of ``case`` (1, 2, 3) for ``k`` judges (Spearman-Brown from single)."""
     row = classical[
@@ -282,6 +335,25 @@ def _classical_lookup(classical: pd.DataFrame, scale: str, level: str, case: str
     return float(spearman_brown(float(row["icc"].iloc[0]), k))
 
 
+def _in_table_order(out: pd.DataFrame, scales: Sequence[str]) -> pd.DataFrame:
+    """The ``reliability`` rows in order (scale; posterior rows by level, generalizability,
+    coefficient, judges, route; then alpha and omega) and columns."""
+    out["judges"] = out["judges"].astype(int)
+    out["_s"] = out["scale"].map({s: i for i, s in enumerate(scales)})
+    out["_k"] = (out["route"] == CLASSICAL_ROUTE).astype(int)
+    out["_l"] = out["level"].map({"session": 0, "treatment": 1})
+    out["_g"] = (out["generalizes_over"] != GENERALIZES_JUDGES).astype(int)
+    out["_c"] = out["coefficient"].map({c: i for i, c in enumerate(_COEF_ORDER)})
+    out["_r"] = out["route"].map({r: i for i, r in enumerate(ROUTES)}).fillna(len(ROUTES))
+    out = out.sort_values(["_s", "_k", "_l", "_g", "_c", "judges", "_r"], kind="stable")
+    cols = [
+        "scale", "level", "judges", "sessions", "route", "coefficient", "generalizes_over",
+        "median", "mean", "hdi_low", "hdi_high", "n_draws", "classical", "classical_oneway",
+        "classical_method", "n_obs", "n_items",
+    ]  # fmt: skip
+    return out[cols].reset_index(drop=True)
+
+
 def reliability(
     fit: Fit,
     k_judges: int | None = None,
@@ -291,6 +363,7 @@ def reliability(
     max_observed_draws: int | None = OBSERVED_DRAWS,
     n_new_judges: int = NEW_JUDGES,
     seed: int = 0,
+    n_boot: int = N_BOOT,
 ) -> pd.DataFrame:
     """Reliability coefficients as posteriors, with the classical ICC beside them.
 
@@ -301,12 +374,19 @@ def reliability(
         judges per session.
     prob : HDI probability.
     draws : a :func:`reliability_draws` result to summarise (else computed).
-    max_observed_draws, n_new_judges, seed : see :func:`reliability_draws`.
+    max_observed_draws, n_new_judges, seed : see :func:`reliability_draws`
+        (``seed`` also seeds the bootstrap of the classical alpha and omega).
+    n_boot : bootstrap resamples of the alpha and omega intervals.
 
     Returns
     -------
     DataFrame, one row per scale x level x judges x route x coefficient
-    (interrater rows) plus the treatment-level generalizability rows, columns
+    (interrater rows), the treatment-level generalizability rows and, last
+    for each scale, the classical internal-consistency rows
+    (:func:`classical_internal_consistency`: ``route = "classical"``,
+    ``coefficient = "alpha"`` or ``"omega"``, ``generalizes_over =
+    "items"``, the point estimate in ``median`` and ``mean`` and the
+    bootstrap confidence limits in ``hdi_low`` and ``hdi_high``), columns
 
     ``scale``; ``level`` (``"session"`` or ``"treatment"``); ``judges`` (1 or
     ``k``); ``sessions`` (sessions averaged: 1 at session level, the design's
@@ -323,9 +403,10 @@ def reliability(
     Spearman-Brown step-ups of the single-judge value, equal to S&F's
     ICC(·,k) when ``k`` is the number of judges; NaN for generalizability
     rows); ``classical_oneway`` (ICC(1,·), on agreement rows: it estimates
-    the same population coefficient); ``classical_method`` (ANOVA or REML);
-    ``converged``. ``attrs``: ``diagnostics``, ``observed_draws``,
-    ``n_new_judges``.
+    the same population coefficient); ``classical_method`` (ANOVA or REML;
+    alpha or omega and their interval); ``n_obs`` and ``n_items`` (rows and
+    items behind alpha and omega; NaN on posterior rows); ``converged``.
+    ``attrs``: ``diagnostics``, ``observed_draws``, ``n_new_judges``.
     """
 
     ds = (
@@ -374,21 +455,11 @@ def reliability(
         ]
         meth.append(str(m.iloc[0]) if len(m) else "")
     out["classical"], out["classical_oneway"], out["classical_method"] = cls, one, meth
-    out["judges"] = out["judges"].astype(int)
-    scale_order = {s: i for i, s in enumerate(fit.data.scales)}
-    out["_s"] = out["scale"].map(scale_order)
-    out["_l"] = out["level"].map({"session": 0, "treatment": 1})
-    out["_g"] = (out["generalizes_over"] != GENERALIZES_JUDGES).astype(int)
-    out["_c"] = out["coefficient"].map({c: i for i, c in enumerate(COEFFICIENTS)})
-    out["_r"] = out["route"].map({r: i for i, r in enumerate(ROUTES)})
-    out = out.sort_values(["_s", "_l", "_g", "_c", "judges", "_r"], kind="stable")
-    cols = [
-        "scale", "level", "judges", "sessions", "route", "coefficient", "generalizes_over",
-        "median", "mean", "hdi_low", "hdi_high", "n_draws", "classical", "classical_oneway",
-        "classical_method",
-    ]  # fmt: skip
-    out = out[cols].reset_index(drop=True)
-    out = stamp(out, fit.diagnostics)
+    ic = classical_internal_consistency(fit.data, prob, n_boot=n_boot, seed=seed)
+    out["n_obs"], out["n_items"] = np.nan, np.nan
+    if len(ic):
+        out = pd.concat([out, ic], ignore_index=True)
+    out = stamp(_in_table_order(out, fit.data.scales), fit.diagnostics)
     out.attrs["observed_draws"] = int(ds.attrs.get("observed_draws", 0))
     out.attrs["n_new_judges"] = int(ds.attrs.get("n_new_judges", 0))
     out.attrs["prob"] = prob
