@@ -36,6 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-kfold", action="store_true", help="the same as --fallback none (kept for scripts)"
     )
     cp.add_argument("--force", action="store_true", help="overwrite an existing output")
+    cp.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (otherwise a bar on a terminal, else a line at least every 10 s)",
+    )
     cp.set_defaults(func=run)
 
 
@@ -56,7 +61,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"comparing {', '.join(fits)} (leave one {args.by} out)", flush=True)
     fallback = "none" if args.no_kfold else args.fallback
     table = run_compare(
-        fits, out, by=args.by, fallback=fallback, n_folds=args.folds, force=args.force
+        fits,
+        out,
+        by=args.by,
+        fallback=fallback,
+        n_folds=args.folds,
+        force=args.force,
+        quiet=args.quiet,
     )
     cols = ["name", "elpd", "elpd_diff", "dse", "weight", "n_high_k", "method", "converged"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))

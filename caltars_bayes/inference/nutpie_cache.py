@@ -23,6 +23,13 @@ compiled as before, without caching.
 The data themselves are not part of the compiled code: they are passed at run
 time through nutpie's ``user_data`` record, so ``with_data`` works as with
 nutpie's own compilation.
+
+This relies on names that nutpie and PyTensor do not publish (``nutpie.
+compile_pymc._make_functions`` and its neighbours, PyTensor's numba cache
+helpers). Where a later version lacks one of them, :func:`compile_numba_model`
+warns once (:class:`NutpiePrivateAPIWarning`) and falls back to nutpie's public
+``compile_pymc_model(model, backend="numba")``: fits then compile more slowly,
+but they still run.
 """
 
 from __future__ import annotations
@@ -34,7 +41,47 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["callback_source", "compile_numba_model"]
+from caltars_bayes._core.errors import CaltarsWarning
+
+__all__ = ["NutpiePrivateAPIWarning", "callback_source", "compile_numba_model"]
+
+#: nutpie's unpublished names that :func:`compile_numba_model` uses
+NUTPIE_PRIVATE_NAMES = (
+    "_wrap_with_lock",
+    "_make_functions",
+    "_prepare_dims_and_coords",
+    "make_user_data",
+    "address_as_void_pointer",
+    "CompiledPyMCModel",
+)
+#: PyTensor's unpublished numba-cache names that the cached callbacks use
+PYTENSOR_PRIVATE_NAMES = ("CACHED_SRC_FUNCTIONS", "compile_numba_function_src")
+
+FALLBACK_MESSAGE = (
+    "nutpie's private compile API changed ({missing}); using compile_pymc_model "
+    "(slower first compile)"
+)
+
+
+class NutpiePrivateAPIWarning(CaltarsWarning):
+    """nutpie's or PyTensor's private names are missing: nutpie compiles the model itself."""
+
+
+def _missing_private_names() -> list[str]:
+    """The private names of nutpie and PyTensor that this module needs but cannot find."""
+    missing: list[str] = []
+    for module, names in (
+        ("nutpie.compile_pymc", NUTPIE_PRIVATE_NAMES),
+        ("pytensor.link.numba.cache", PYTENSOR_PRIVATE_NAMES),
+    ):
+        try:
+            mod = __import__(module, fromlist=["_"])
+        except ImportError:
+            missing.append(module)
+            continue
+        missing += [f"{module}.{n}" for n in names if not hasattr(mod, n)]
+    return missing
+
 
 _LOGP_SIG = "int64(uint64, CPointer(double), CPointer(double), CPointer(double), voidptr)"
 _EXPAND_SIG = "int64(uint64, uint64, CPointer(double), CPointer(double), voidptr)"
@@ -160,7 +207,24 @@ def compile_numba_model(
     start (constrained scale, by variable name); ``var_names`` limits the
     stored variables as nutpie's own argument does (the free variables are
     always stored).
+
+    Where nutpie's or PyTensor's private names are missing (a newer version),
+    warns once with :class:`NutpiePrivateAPIWarning` and returns nutpie's own
+    ``compile_pymc_model(model, backend="numba")`` with the same arguments
+    (same sampler, no cached callbacks).
     """
+    missing = _missing_private_names()
+    if missing:
+        import nutpie
+
+        warnings.warn(
+            FALLBACK_MESSAGE.format(missing=", ".join(missing)),
+            NutpiePrivateAPIWarning,
+            stacklevel=2,
+        )
+        return nutpie.compile_pymc_model(
+            model, backend="numba", initial_points=initial_points, var_names=var_names
+        )
     from nutpie import compile_pymc as cp
     from pymc.initial_point import make_initial_point_fn
 

@@ -37,7 +37,6 @@ FOUNDING_HYPOTHESES = "caltars-1989-hypotheses.toml"
 DEMO_FORMATS = ("html", "md", "latex")
 
 
-
 @dataclass
 class DemoResults:
     """What :func:`run_demo` made and wrote."""

@@ -54,7 +54,6 @@ FIT_DEFAULTS = {
 }
 
 
-
 def checked_hypotheses(hypotheses: Hypotheses | str | Path, data: RatingData) -> Hypotheses:
     """Hypotheses (a TOML path or parsed) checked against the data's scales and
     modelled covariates, before anything is fitted."""
@@ -284,17 +283,19 @@ def run_compare(
     fallback: str = "moment_match",
     n_folds: int = 5,
     force: bool = False,
+    quiet: bool = False,
 ) -> pd.DataFrame:
     """Compare fits of the same ratings by cross-validation; write ``compare.csv/.png/.svg``.
 
-    See :func:`~caltars_bayes.analysis.compare.compare_fits` for the table.
+    See :func:`~caltars_bayes.analysis.compare.compare_fits` for the table;
+    ``quiet`` turns its progress off.
     """
     out = Path(out)
     if out.exists() and not force:
         raise CaltarsError(f"{out}: already exists; use --force to overwrite")
     if len(fits) < 2:
         raise CaltarsError("compare: give at least two fits")
-    table = compare_fits(fits, by=by, fallback=fallback, n_folds=n_folds)
+    table = compare_fits(fits, by=by, fallback=fallback, n_folds=n_folds, quiet=quiet)
     fig = plot_compare(table)
     files: dict[str, Any] = {"compare.csv": lambda p: table.to_csv(p, index=False)}
     files.update(figure_files("compare", fig))

@@ -333,7 +333,8 @@ def run_plan(
         address (``"tcp://HOST:8786"``) or a :class:`distributed.Client`.
     workers : LocalCluster size.
     force : start over in a folder holding other results.
-    progress : one line per finished replication on stderr.
+    progress : done/total, failed and ETA on stderr (a bar on a terminal, else a line
+        per finished replication and at least every 10 s); see :func:`run_tasks`.
 
     Returns
     -------
@@ -351,6 +352,7 @@ def run_plan(
         scheduler=scheduler,
         workers=workers,
         progress=progress,
+        label="plan: replication",
     )
     results = collect_results(tasks, out)
     power = power_table(results, plan)

@@ -376,6 +376,23 @@ def ecdf_band(n: int, n_ranks: int, prob: float = 0.95) -> float:
     return float(np.quantile(_null_deviations(n, n_ranks), prob))
 
 
+def pot_c_p_value(ranks: np.ndarray, n_ranks: int) -> float:
+    """p-value of arviz-stats' POT-C uniformity test of ranks on ``0..L``.
+
+    The ranks are made continuous PIT values, ``(rank + u) / (L + 1)`` with
+    ``u`` uniform on (0, 1) (a fixed seed per ``n``, ``L``), which are exactly
+    uniform on (0, 1) when the ranks are uniform; POT-C (Tesso & Vehtari)
+    combines a beta test of every order statistic by the Cauchy combination
+    (``arviz_stats`` ``uniformity_test``, method ``"pot_c"``).
+    """
+    from arviz_stats.base import array_stats
+
+    r = np.asarray(ranks, dtype=float)
+    u = np.random.default_rng(20250101 + len(r) * 1009 + n_ranks).uniform(size=len(r))
+    p_value = array_stats.uniformity_test((r + u) / (n_ranks + 1), method="pot_c")[0]
+    return float(p_value)
+
+
 def uniformity_tests(
     ranks: pd.DataFrame, n_ranks: int, bins: int | None = None, alpha: float = 0.05
 ) -> pd.DataFrame:
@@ -394,6 +411,8 @@ def uniformity_tests(
     ``chi2``, ``bins``, ``chi2_p`` (chi-square on ``bins`` equal-width rank
     bins, expected counts exact for the discrete ranks), ``ecdf_max_dev``
     (max |ECDF - uniform CDF|), ``ecdf_p`` (its simulated p-value),
+    ``pot_c_p`` (arviz-stats' POT-C test, :func:`pot_c_p_value`; reported
+    beside the two tests, not part of ``fails``),
     ``band`` (half-width of the simultaneous 95% band), ``mean_rank``
     (0.5 when centred), ``low_ess_share`` (share of simulations whose bulk
     ESS was below L; NaN without ``ess_bulk``), ``fails`` (either p below the
@@ -429,6 +448,7 @@ def uniformity_tests(
                 "chi2_p": float(chi2_dist.sf(stat, b - 1)),
                 "ecdf_max_dev": dev,
                 "ecdf_p": p_ecdf,
+                "pot_c_p": pot_c_p_value(r, n_ranks),
                 "band": ecdf_band(n, n_ranks),
                 "mean_rank": float(r.mean() / n_ranks),
                 "low_ess_share": float((g["ess_bulk"] < n_ranks).mean())
@@ -586,6 +606,7 @@ def run_sbc(
         scheduler=scheduler,
         workers=workers,
         progress=progress,
+        label="sbc: simulation",
     )
     ranks = collect_results(tasks, out)
     tests = uniformity_tests(ranks, n_ranks) if len(ranks) else pd.DataFrame()

@@ -45,6 +45,7 @@ import pandas as pd
 
 from caltars_bayes._core.errors import CaltarsError
 from caltars_bayes._core.io import atomic_write_file, json_writer
+from caltars_bayes._core.progress import Progress
 from caltars_bayes.inference.fit import fit_model
 
 DASK_HINT = "pip install 'caltars-bayes[dask]'"
@@ -202,6 +203,7 @@ def run_tasks(
     scheduler: Any = None,
     workers: int | None = None,
     progress: bool | Callable[[str], None] = True,
+    label: str = "tasks",
 ) -> TaskRun:
     """Run every task whose result file is missing; write results as they finish.
 
@@ -216,7 +218,10 @@ def run_tasks(
         Dask), a scheduler address ``"tcp://HOST:8786"``, or a
         :class:`distributed.Client`.
     workers : LocalCluster size (default: the machine's cores).
-    progress : print one line per finished task to stderr (or call this function).
+    progress : show progress on stderr (done/total, failed, elapsed, ETA: a bar on
+        a terminal, else a line per finished task and at least every 10 s), or
+        call this function with one such line per finished task; False: nothing.
+    label : what the progress lines call the run (``"plan"``, ``"sbc"``).
 
     Returns
     -------
@@ -235,6 +240,8 @@ def run_tasks(
     total, t0 = len(todo), time.perf_counter()
     if say and report.skipped:
         say(f"{len(report.skipped)} of {len(tasks)} task(s) already done: skipped")
+    sink = progress if callable(progress) else None
+    bar = Progress(label, total, say=sink, quiet=not say or total == 0)
 
     def record(task_id: str, status: str, n: int) -> None:
         if status == "done":
@@ -243,12 +250,23 @@ def run_tasks(
             report.skipped.append(task_id)
         else:
             report.failed[task_id] = status.removeprefix("failed: ")
-        if say:
-            say(
-                f"[{n:>{len(str(total))}}/{total}] {task_id}: {status} "
-                f"({time.perf_counter() - t0:.0f} s)"
-            )
+        bar.advance(failed=status.startswith("failed"), note=f"{task_id}: {status}")
 
+    with bar:
+        _dispatch(todo, fn, out, scheduler, workers, record)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _dispatch(
+    todo: Sequence[Task],
+    fn: TaskFn,
+    out: str | Path,
+    scheduler: Any,
+    workers: int | None,
+    record: Callable[[str, str, int], None],
+) -> None:
+    """Run ``todo`` in this process or on Dask, calling ``record(id, status, n)`` as each ends."""
     if scheduler == SERIAL:
         for n, t in enumerate(todo, 1):
             record(t.id, execute_task(fn, t, str(result_path(out, t.id))), n)
@@ -279,8 +297,6 @@ def run_tasks(
         finally:
             for thing in owned:
                 thing.close()
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def collect_results(tasks: Sequence[Task], out: str | Path) -> pd.DataFrame:

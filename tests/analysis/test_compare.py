@@ -508,3 +508,26 @@ def test_moment_matching_recovers_the_exact_left_out_session(calpas):
     err_mm = abs(float(mm.elpd_i[s]) - exact)
     err_psis = abs(float(psis.elpd_i[s]) - exact)
     assert err_mm < 0.2, (exact, float(mm.elpd_i[s]), float(psis.elpd_i[s]), err_psis)
+
+
+def test_kfold_refits_write_progress_lines_to_a_non_terminal(vague_pair, monkeypatch, capsys):
+    """compare's K-fold fallback says which refit of how many (no MCMC: refits stubbed)."""
+    refits = []
+
+    def stub_fit_model(train, **kwargs):
+        refits.append(train.n_ratings)
+        return vague_pair["a"]  # the full fit stands in for each refit
+
+    monkeypatch.setattr(compare_kfold, "fit_model", stub_fit_model)
+    with pytest.warns(CaltarsWarning):
+        compare_fits(vague_pair, by="session", fallback="kfold", n_folds=3)
+    err = capsys.readouterr().err.splitlines()
+    assert len(refits) == 6
+    for k in range(1, 7):
+        done = [line for line in err if line.startswith(f"[{k}/6] compare: K-fold refit")]
+        assert done, (k, err)
+    assert any(line.endswith("b, fold 3 of 3") for line in err)
+    assert "ETA" in err[-1]
+    with pytest.warns(CaltarsWarning):
+        compare_fits(vague_pair, by="session", fallback="kfold", n_folds=3, quiet=True)
+    assert "K-fold refit" not in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from caltars_bayes.inference.diagnostics import check_convergence
+from caltars_bayes.inference.diagnostics import _ebfmi, check_convergence
 
 
 def _post(values: np.ndarray, name: str = "a") -> xr.Dataset:
@@ -81,3 +81,18 @@ def test_fits_that_cannot_be_checked_are_not_converged():
     assert one_chain.min_ess_bulk > 400  # ESS is still computed from the one chain
     few = check_convergence(_post(rng.normal(size=(4, 3, 2))), _stats(4, 3))
     assert not few.converged and "3 draws" in few.banner()
+
+
+def test_ebfmi_is_the_divisor_n_formula_arviz_stats_bfmi_times_n_over_n_minus_1():
+    """Ours: mean squared energy change / variance with divisor n. arviz_stats.bfmi
+    divides by the n - 1 variance; the two differ by exactly (n - 1) / n."""
+    import arviz_stats as azs
+
+    e = np.random.default_rng(0).normal(size=(3, 50)).cumsum(axis=1)
+    ss = xr.Dataset({"energy": (("chain", "draw"), e)})
+    direct = [np.mean(np.diff(c) ** 2) / (np.sum((c - c.mean()) ** 2) / len(c)) for c in e]
+    ours = _ebfmi(ss["energy"])
+    np.testing.assert_allclose(ours, direct, rtol=1e-12)
+    theirs = azs.bfmi(ss, sample_dims=["chain", "draw"])["energy"].values
+    np.testing.assert_allclose(ours, theirs * 50 / 49, rtol=1e-12)
+    assert not np.allclose(ours, theirs, rtol=1e-3)

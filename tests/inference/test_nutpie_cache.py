@@ -7,7 +7,12 @@ import ctypes
 import numpy as np
 import pytest
 
-from caltars_bayes.inference.nutpie_cache import callback_source, compile_numba_model
+from caltars_bayes.inference import nutpie_cache
+from caltars_bayes.inference.nutpie_cache import (
+    NutpiePrivateAPIWarning,
+    callback_source,
+    compile_numba_model,
+)
 
 _P = ctypes.POINTER(ctypes.c_double)
 
@@ -185,3 +190,51 @@ def test_without_a_graph_cache_key_the_callbacks_are_compiled_uncached(cache_dir
     start = _flat(compiled, model.initial_point())
     expected = float(model.compile_logp()(model.initial_point()))
     assert _logp(compiled, start)[0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_missing_private_names_fall_back_to_nutpies_public_compilation(cache_dir, monkeypatch):
+    """A nutpie or PyTensor upgrade that drops a private name slows fits, not breaks them."""
+    import warnings
+
+    import nutpie
+    import pytensor.link.numba.cache as pt_cache
+    import pytensor.link.numba.dispatch  # noqa: F401  (imports the name before it goes)
+
+    y, x, group, _ = _data(0, n=200)
+    model = _model(y, x, group, 1.0)
+    # PyTensor's own modules imported the name already, so only ours can miss it
+    monkeypatch.delattr(pt_cache, "compile_numba_function_src")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        compiled = compile_numba_model(model, var_names=["beta"])
+    ours = [w for w in caught if issubclass(w.category, NutpiePrivateAPIWarning)]
+    assert len(ours) == 1
+    text = str(ours[0].message)
+    assert "\n" not in text and text.startswith("nutpie's private compile API changed")
+    assert "compile_numba_function_src" in text and "compile_pymc_model" in text
+    # nutpie's own compilation: no cached callbacks of ours, same density
+    assert "_make_c_logp_func" in repr(compiled.compiled_logp_func)
+    start = _flat(compiled, model.initial_point())
+    expected = float(model.compile_logp()(model.initial_point()))
+    assert _logp(compiled, start)[0] == pytest.approx(expected, rel=1e-10)
+    post = nutpie.sample(compiled, draws=150, tune=150, chains=1, seed=2, progress_bar=False)
+    beta = post.posterior["beta"].mean(("chain", "draw"))
+    np.testing.assert_allclose(beta.values, [1.0, -0.5], atol=0.25)
+    assert "sigma_scaled" not in post.posterior  # var_names passed through
+
+
+def test_a_renamed_nutpie_name_is_reported_and_reuse_still_swaps_the_data(monkeypatch):
+    from caltars_bayes.inference import sampling
+
+    names = (*nutpie_cache.NUTPIE_PRIVATE_NAMES, "_renamed_in_a_later_version")
+    monkeypatch.setattr(nutpie_cache, "NUTPIE_PRIVATE_NAMES", names)
+    monkeypatch.setattr(sampling, "_NUTPIE_CACHE", [])
+    with pytest.warns(NutpiePrivateAPIWarning, match="_renamed_in_a_later_version"):
+        first = sampling.compile_nutpie(_model(*_data(0), prior_sd=4.0), "numba")
+    y, x, group, _ = _data(6)
+    fresh_model = _model(y, x, group, 2.0, prior_sd=4.0)
+    again = sampling.compile_nutpie(fresh_model, "numba")  # reused: no new compilation
+    assert again is not first and len(sampling._NUTPIE_CACHE) == 1
+    start = _flat(again, fresh_model.initial_point())
+    expected = float(fresh_model.compile_logp()(fresh_model.initial_point()))
+    assert _logp(again, start)[0] == pytest.approx(expected, rel=1e-10)

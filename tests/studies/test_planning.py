@@ -392,3 +392,25 @@ def test_nuts_replication_end_to_end_is_deterministic():
     assert row["reliability_supported"] == (row["reliability_p"] >= 0.9)
     power = power_table(a, plan)
     assert "NUTS fits converged" in power.attrs["diagnostics"]
+
+
+def test_serial_run_reports_done_total_failed_and_eta(tmp_path, capsys):
+    """Progress of a run: done/total, failed and ETA per task; nothing with progress=False."""
+    tasks = [Task.make(f"t{i}", {"i": i}, seed=1) for i in range(3)]
+    lines: list[str] = []
+    run = run_tasks(tasks, _maybe_fail, tmp_path / "a", scheduler="serial", progress=lines.append)
+    assert len(run.done) == 2 and list(run.failed) == ["t1"]
+    assert [line[:5] for line in lines] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert "1 failed" in lines[1] and "ETA" in lines[0]
+    assert lines[1].endswith("t1: failed: ValueError: boom")
+    run_tasks(tasks, _maybe_fail, tmp_path / "b", scheduler="serial", label="plan")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("[0/3] plan") and err[-1].startswith("[3/3] plan, 1 failed")
+    run_tasks(tasks, _maybe_fail, tmp_path / "c", scheduler="serial", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def _maybe_fail(task):
+    if task.params["i"] == 1:
+        raise ValueError("boom")
+    return pd.DataFrame({"i": [task.params["i"]]})

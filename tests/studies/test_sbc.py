@@ -96,6 +96,8 @@ def test_uniform_ranks_pass_and_biased_ranks_fail():
     t = uniformity_tests(df, L).set_index("quantity")
     assert not t.loc["good", "fails"] and t.loc["good", "chi2_p"] > 0.001
     assert t.loc["skew", "fails"] and t.loc["skew", "ecdf_p"] < 0.001
+    # arviz-stats' POT-C test, beside ours: same verdicts
+    assert t.loc["good", "pot_c_p"] > 0.05 and t.loc["skew", "pot_c_p"] < 0.001
     # the simultaneous band holds all n-sample uniform ECDFs 95% of the time
     c = ecdf_band(n, L)
     devs = []
@@ -128,6 +130,21 @@ def test_sbc_detects_a_miscalibrated_posterior_without_mcmc():
     narrow = uniformity_tests(_conjugate_sbc(300, 0.5, rng), 99).iloc[0]
     assert not right["fails"]
     assert narrow["fails"] and narrow["chi2_p"] < 1e-4  # U-shaped ranks
+    assert right["pot_c_p"] > 0.05 and narrow["pot_c_p"] < 1e-4
+
+
+def test_pot_c_is_a_level_alpha_test_on_uniform_ranks():
+    """Under uniform ranks the POT-C p-value rejects at 5% about 5% of the time;
+    ranks too central (an over-wide posterior) are rejected nearly always."""
+    from caltars_bayes.studies.sbc import pot_c_p_value
+
+    rng = np.random.default_rng(11)
+    n, L = 100, 49
+    p_null = [pot_c_p_value(rng.integers(0, L + 1, size=n), L) for _ in range(400)]
+    assert 0.02 <= np.mean(np.array(p_null) < 0.05) <= 0.09
+    central = [np.clip(rng.binomial(L, 0.5, size=n), 0, L) for _ in range(20)]
+    assert np.mean([pot_c_p_value(r, L) < 0.05 for r in central]) >= 0.95
+    assert pot_c_p_value(np.arange(n) % (L + 1), L) == pot_c_p_value(np.arange(n) % (L + 1), L)
 
 
 def test_plot_ecdf_differences_returns_a_figure():

@@ -14,6 +14,7 @@ it is not offered.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from arviz_stats.utils import ELPDDataLOOKFold
 from scipy.special import logsumexp
 
 from caltars_bayes._core.errors import CaltarsError
+from caltars_bayes._core.progress import Progress
 from caltars_bayes.analysis.compare.loo import _unit_loglik, _units
 from caltars_bayes.data.ratings import RatingData
 from caltars_bayes.inference.fit import Fit, fit_model
@@ -117,6 +119,9 @@ def kfold_fit(
     *,
     seed: int = 0,
     fit_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+    quiet: bool = False,
+    name: str = "model",
 ) -> ELPDDataLOOKFold:
     """K-fold cross-validated elpd by refitting the model K times.
 
@@ -130,6 +135,11 @@ def kfold_fit(
     seed : seed of the fold assignment (refit seeds follow from the fit's).
     fit_options : overrides of the refits' settings (``draws``, ``tune``,
         ``chains``, ``sampler``, ``progressbar``...), passed to ``fit_model``.
+    progress : a :class:`~caltars_bayes._core.progress.Progress` that counts the
+        refits (one step per fold; ``compare_fits`` passes one for all models);
+        default: a new one of ``n_folds`` steps on stderr.
+    quiet : no progress (when ``progress`` is not given).
+    name : the model's name in the progress lines.
 
     Returns
     -------
@@ -161,34 +171,17 @@ def kfold_fit(
     if fit.record.target_accept:
         opts["nuts"] = {"target_accept": fit.record.target_accept}
     opts.update(fit_options or {})
-    base_seed = int(fit.record.random_seed)
     dim, labels = _units(data, by)
     elpd_i = np.full(len(labels), np.nan)
-    n_samples = 0
-    for f in range(n_folds):
-        held = rating_fold == f
-        if not held.any():
-            continue
-        train = _train_data(data, ~held)
-        refit = fit_model(train, random_seed=base_seed + 1000 * (f + 1), **opts)
-        train_times = np.asarray(train.sessions["session_time"], dtype=float)
-        rows = _Rows(data, held)
-        d = posterior_draws(
-            refit.posterior,
-            rows,  # type: ignore[arg-type]
-            time_mean=float(train_times.mean()),
-            allow_new_sessions=True,
+    tracker = (
+        nullcontext(progress)
+        if progress is not None
+        else Progress("K-fold refit", n_folds, quiet=quiet)
+    )
+    with tracker as bar:
+        n_samples = _refit_folds(
+            fit, by, n_folds, seed, opts, rating_fold, unit_fold, elpd_i, bar, name
         )
-        n_samples = d.n_samples
-        rng = np.random.default_rng(seed + f)
-        if by == "session":
-            ll = session_marginal_loglik(d, rows, rng=rng)  # type: ignore[arg-type]
-            units = np.flatnonzero(unit_fold == f)
-            ll = ll[:, units]
-        else:
-            ll = rating_loglik(d, rows)  # type: ignore[arg-type]
-            units = np.flatnonzero(held)
-        elpd_i[units] = logsumexp(ll, axis=0) - np.log(ll.shape[0])
     lpd_i = _in_sample_lpd(fit, by)
     n = len(labels)
     elpd = float(elpd_i.sum())
@@ -213,3 +206,52 @@ def kfold_fit(
 def _in_sample_lpd(fit: Fit, by: str) -> np.ndarray:
     ll = _unit_loglik(fit, by, marginal=by == "session")
     return logsumexp(ll, axis=0) - np.log(ll.shape[0])
+
+
+def _refit_folds(
+    fit: Fit,
+    by: str,
+    n_folds: int,
+    seed: int,
+    opts: dict[str, Any],
+    rating_fold: np.ndarray,
+    unit_fold: np.ndarray,
+    elpd_i: np.ndarray,
+    bar: Progress,
+    name: str,
+) -> int:
+    """Refit each fold's training data and fill ``elpd_i`` of its held-out units.
+
+    Returns the number of posterior draws of the refits.
+    """
+    data = fit.data
+    base_seed = int(fit.record.random_seed)
+    n_samples = 0
+    for f in range(n_folds):
+        held = rating_fold == f
+        bar.working(f"{name}, fold {f + 1} of {n_folds}")
+        if not held.any():
+            bar.advance()
+            continue
+        train = _train_data(data, ~held)
+        refit = fit_model(train, random_seed=base_seed + 1000 * (f + 1), **opts)
+        train_times = np.asarray(train.sessions["session_time"], dtype=float)
+        rows = _Rows(data, held)
+        d = posterior_draws(
+            refit.posterior,
+            rows,  # type: ignore[arg-type]
+            time_mean=float(train_times.mean()),
+            allow_new_sessions=True,
+        )
+        n_samples = d.n_samples
+        rng = np.random.default_rng(seed + f)
+        if by == "session":
+            ll = session_marginal_loglik(d, rows, rng=rng)  # type: ignore[arg-type]
+            units = np.flatnonzero(unit_fold == f)
+            ll = ll[:, units]
+        else:
+            ll = rating_loglik(d, rows)  # type: ignore[arg-type]
+            units = np.flatnonzero(held)
+        elpd_i[units] = logsumexp(ll, axis=0) - np.log(ll.shape[0])
+        bar.advance()
+    return n_samples

@@ -35,6 +35,7 @@ from arviz_stats import compare as az_compare
 from arviz_stats.utils import ELPDData, ELPDDataLOO
 
 from caltars_bayes._core.errors import CaltarsError, CaltarsWarning
+from caltars_bayes._core.progress import Progress
 from caltars_bayes.analysis.compare.kfold import kfold_fit
 from caltars_bayes.analysis.compare.loo import K_THRESHOLD, loo_fit
 from caltars_bayes.analysis.compare.moment_match import loo_moment_match_fit
@@ -73,6 +74,7 @@ def compare_fits(
     n_folds: int = 5,
     seed: int = 0,
     fit_options: Mapping[str, Any] | None = None,
+    quiet: bool = False,
 ) -> pd.DataFrame:
     """Compare models fitted to the same ratings by cross-validated elpd.
 
@@ -88,6 +90,9 @@ def compare_fits(
         ``"kfold"`` (K-fold cross-validation of every model at once, K refits
         each) or ``"none"`` (keep PSIS-LOO).
     n_folds, seed, fit_options : K-fold settings (see :func:`kfold_fit`).
+    quiet : no progress. Otherwise moment matching (model by model) and the
+        K-fold refits (which refit of how many, ETA) show their progress on
+        stderr: a bar on a terminal, else a line at least every 10 s.
 
     Returns
     -------
@@ -147,10 +152,13 @@ def compare_fits(
         note(f"PSIS-LOO unreliable: {_detail(bad, loos, by)}; {action}")
     if bad and fallback == "moment_match":
         try:
-            for n in bad:
-                loos[n] = loo_moment_match_fit(fits[n], loos[n], by)
-                elpds[n] = loos[n]
-                methods[n] = "psis+mm"
+            with Progress("compare: moment matching", len(bad), quiet=quiet) as bar:
+                for n in bad:
+                    bar.working(f"{n} ({_n_high(loos[n])} high-k units)")
+                    loos[n] = loo_moment_match_fit(fits[n], loos[n], by)
+                    elpds[n] = loos[n]
+                    methods[n] = "psis+mm"
+                    bar.advance()
         except CaltarsError as exc:
             note(f"moment matching not possible ({exc}); {n_folds}-fold cross-validation instead")
             kfold = True
@@ -164,10 +172,14 @@ def compare_fits(
                 kfold = True
     if kfold:
         try:
-            elpds = {
-                n: kfold_fit(f, by, n_folds, seed=seed, fit_options=fit_options)
-                for n, f in fits.items()
-            }
+            total = n_folds * len(fits)
+            with Progress("compare: K-fold refit", total, quiet=quiet) as bar:
+                elpds = {
+                    n: kfold_fit(
+                        f, by, n_folds, seed=seed, fit_options=fit_options, progress=bar, name=n
+                    )
+                    for n, f in fits.items()
+                }
             methods = dict.fromkeys(fits, f"kfold({n_folds})")
         except CaltarsError as exc:
             note(f"K-fold not possible ({exc}); PSIS-LOO kept")
