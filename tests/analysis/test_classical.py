@@ -641,3 +641,30 @@ def test_scale_internal_consistency_reverse_keys_and_deletes_incomplete_rows() -
     assert res.loc[("A", "omega"), "n_items"] == 4
     assert (res["n_clusters"] == 25).all() and (res["n_boot"] == 200).all()
     assert (res["ci_low"] < res["estimate"]).all() and (res["estimate"] < res["ci_high"]).all()
+
+
+def test_omega_guards_many_items_and_few_rows():
+    """Omega is not fitted with fewer than 2 complete rows per item, and has no
+    bootstrap interval beyond 12 items (the refits' cost); alpha keeps its interval."""
+    from caltars_bayes.analysis.classical.internal import (
+        OMEGA_MAX_BOOT_ITEMS,
+        internal_consistency,
+    )
+
+    rng = np.random.default_rng(3)
+
+    def one_factor(n, k):
+        f = rng.normal(size=(n, 1))
+        return 0.8 * f + 0.6 * rng.normal(size=(n, k))
+
+    few = internal_consistency(one_factor(32, 24), n_boot=50).set_index("coefficient")
+    assert np.isnan(few.loc["omega", "estimate"]) and "not estimated" in few.loc["omega", "method"]
+    assert np.isfinite(few.loc["alpha", "ci_low"])
+    many = internal_consistency(
+        one_factor(400, OMEGA_MAX_BOOT_ITEMS + 3), n_boot=50
+    ).set_index("coefficient")
+    assert 0.8 < many.loc["omega", "estimate"] < 1.0
+    assert np.isnan(many.loc["omega", "ci_low"]) and "no interval" in many.loc["omega", "method"]
+    small = internal_consistency(one_factor(400, 6), n_boot=50).set_index("coefficient")
+    lo, est, hi = small.loc["omega", ["ci_low", "estimate", "ci_high"]]
+    assert lo < est < hi
