@@ -32,6 +32,7 @@ def _table(text: str, heading: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 138 s in CI (numba compiles of designs the joint form makes new)
 def test_benchmark_script_tiny(tmp_path, monkeypatch):
     out = tmp_path / "results.md"
     res = _run(str(BENCH / "run.py"), "--tiny", "--out", str(out))
@@ -280,3 +281,15 @@ def test_gpu_wheels_and_the_image_cover_every_dependency():
     # CUDA-specific and optional jax extras are the image's own
     missing = sorted(n for n in needed - carried - image if not n.startswith("jax-"))
     assert not missing, f"add to PKGS in benchmarks/gpu_wheels.sh (or IMAGE_HAS): {missing}"
+
+
+@pytest.mark.long
+def test_first_fit_script_tiny(tmp_path):
+    out = tmp_path / "first_fit.md"
+    res = _run(str(BENCH / "first_fit.py"), "--only", "warm", "--tiny", "--draws", "50",
+               "--out", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = _table(out.read_text(), "## First fit")
+    assert len(rows) == 1 and rows[0][0] == "new design (this machine's caches)"
+    assert rows[0][3] in {"compiled", "disk cache", "reused"}
+    assert float(rows[0][4]) > 0 and float(rows[0][5]) > 0

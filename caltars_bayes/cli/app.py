@@ -4,6 +4,13 @@ Each command module has ``add_parser(sub)`` and ``run(args)``; ``run`` parses
 what argparse cannot, calls one library function and prints. The library is
 imported inside ``run``, so ``caltars-bayes --help`` imports no PyMC.
 
+The long-running commands take ``--quiet`` (no progress on the terminal) and
+``--log FILE`` (every progress line and every printed line appended to FILE
+with a timestamp, also with ``--quiet``): :func:`main` runs the command inside
+:func:`caltars_bayes._core.progress.log_to`, so every progress of the library
+writes there, and the command's own lines go there through
+:func:`caltars_bayes.cli.common.echo`.
+
 Exit codes: 0 success; 2 bad input (one-line error, no traceback unless
 ``--debug``); 3 ``--strict`` and the fit did not converge; 1 ``plan``/``sbc``:
 some tasks failed (rerun to retry them).
@@ -19,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
 from caltars_bayes._core.errors import CaltarsError, CaltarsWarning
+from caltars_bayes._core.progress import log_to, write_log
 from caltars_bayes.cli import (
     calibrate,
     check,
@@ -34,7 +42,7 @@ from caltars_bayes.cli import (
     simulate,
     validate,
 )
-from caltars_bayes.cli.common import EXIT_BAD_INPUT
+from caltars_bayes.cli.common import EXIT_BAD_INPUT, echo
 
 #: the commands, in the order ``--help`` lists them
 COMMANDS: tuple[ModuleType, ...] = (
@@ -72,19 +80,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default", CaltarsWarning)
-            warnings.showwarning = _show_warning  # restored when the block exits
-            return int(args.func(args) or 0)
-    except (CaltarsError, ImportError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with log_to(getattr(args, "log", None)) as log:
+        if log is not None:
+            words = sys.argv[1:] if argv is None else list(argv)
+            write_log(" ".join(["caltars-bayes", *words]))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("default", CaltarsWarning)
+                warnings.showwarning = _show_warning  # restored when the block exits
+                return int(args.func(args) or 0)
+        except (CaltarsError, ImportError) as exc:
+            if args.debug:
+                raise
+            echo(f"error: {exc}", err=True)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            echo("interrupted", err=True)
+            return 130
 
 
 def _version() -> str:
@@ -96,7 +108,7 @@ def _version() -> str:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
-    print(f"warning: {message}", file=sys.stderr)
+    echo(f"warning: {message}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from caltars_bayes.cli.common import refuse_existing
+from caltars_bayes.cli.common import echo, progress_args, refuse_existing, say_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ca.add_argument("--out", required=True, help="calibration directory to write")
     ca.add_argument("--draws", type=int, default=1000, help="posterior draws to keep (1000)")
     ca.add_argument("--force", action="store_true", help="overwrite an existing output")
+    progress_args(ca)
     ca.set_defaults(func=run)
 
 
@@ -29,9 +30,13 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     refuse_existing(out, force=args.force)
-    cal = calibrate(load_fit(args.fitdir), n_draws=args.draws)
+    say = say_for(args)
+    say(f"loading the fit {args.fitdir}")
+    fit = load_fit(args.fitdir)
+    say(f"keeping {args.draws} of its draws")
+    cal = calibrate(fit, n_draws=args.draws)
     cal.save(out, force=args.force)
-    print(cal.diagnostics.banner())
-    print(f"calibration of {cal.instrument.name}: {cal.n_draws} draws, judges {cal.judges}")
-    print(f"wrote {out}/")
+    echo(cal.diagnostics.banner())
+    echo(f"calibration of {cal.instrument.name}: {cal.n_draws} draws, judges {cal.judges}")
+    echo(f"wrote {out}/")
     return 0

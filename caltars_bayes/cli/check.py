@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from caltars_bayes.cli.common import refuse_existing
+from caltars_bayes.cli.common import echo, progress_args, refuse_existing, say_for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ck.add_argument("--draws", type=int, default=200, help="posterior draws replicated (200)")
     ck.add_argument("--seed", type=int, default=0)
     ck.add_argument("--force", action="store_true", help="overwrite an existing output")
+    progress_args(ck)
     ck.set_defaults(func=run)
 
 
@@ -31,10 +32,13 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.fitdir) / "check"
     refuse_existing(out, force=args.force)
+    say = say_for(args)
+    say(f"loading the fit {args.fitdir}")
     fit = load_fit(args.fitdir)
+    say(f"checking the structure and replicating the ratings from {args.draws} draws")
     res = run_check(fit, out, draws=args.draws, seed=args.seed, force=args.force)
-    print(fit.diagnostics.banner())
-    print(res.ppc.verdict.drop(columns="converged").to_string(index=False))
-    print(f"posterior predictive checks: {res.ppc.summary}")
-    print(f"wrote {out}/")
+    echo(fit.diagnostics.banner())
+    echo(res.ppc.verdict.drop(columns="converged").to_string(index=False))
+    echo(f"posterior predictive checks: {res.ppc.summary}")
+    echo(f"wrote {out}/")
     return 0

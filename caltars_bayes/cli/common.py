@@ -7,11 +7,13 @@ level, so that ``caltars-bayes --help`` and ``validate`` import no PyMC.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from caltars_bayes._core.errors import CaltarsError
+from caltars_bayes._core.progress import Say, write_log
 
 EXIT_BAD_INPUT = 2
 EXIT_NOT_CONVERGED = 3
@@ -193,7 +195,7 @@ def fit_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--strict", action="store_true", help="exit 3 if the fit did not converge")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    progress_args(p)
 
 
 def fit_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -232,7 +234,7 @@ def dask_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=None, help="LocalCluster size (default: cores)")
     p.add_argument("--force", action="store_true", help="start over where other results are")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    progress_args(p)
 
 
 def scheduler(args: argparse.Namespace) -> str | None:
@@ -240,6 +242,35 @@ def scheduler(args: argparse.Namespace) -> str | None:
     return None if args.scheduler == "local" else args.scheduler
 
 
+def progress_args(p: argparse.ArgumentParser) -> None:
+    """``--quiet`` and ``--log FILE`` of the commands that can run long."""
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on the terminal (no bars, no progress lines); results and errors "
+        "are still printed, and a --log file still gets every line",
+    )
+    p.add_argument(
+        "--log",
+        metavar="FILE",
+        help="append every progress line (sampling, refits, tasks, scoring; at least one every "
+        "10 s) and every line the command prints to FILE, each after a timestamp; "
+        "also with --quiet",
+    )
+
+
+def echo(text: object = "", *, err: bool = False) -> None:
+    """Print a line at once (stdout, or stderr with ``err``) and append it to the --log file."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    write_log(str(text))
+
+
 def say(text: str) -> None:
-    """Print a progress line at once (the library's ``say=`` callback)."""
-    print(text, flush=True)
+    """Print a progress line at once (the library's ``say=`` callback); see :func:`echo`."""
+    echo(text)
+
+
+def say_for(args: argparse.Namespace) -> Say:
+    """The library's ``say=`` callback for a command: :func:`say`, or with ``--quiet``
+    only the --log file."""
+    return write_log if getattr(args, "quiet", False) else say

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from caltars_bayes._core.errors import CaltarsError
-from caltars_bayes.cli.common import refuse_existing
+from caltars_bayes.cli.common import echo, progress_args, refuse_existing
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--no-kfold", action="store_true", help="the same as --fallback none (kept for scripts)"
     )
     cp.add_argument("--force", action="store_true", help="overwrite an existing output")
-    cp.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress (otherwise a bar on a terminal, else a line at least every 10 s)",
-    )
+    progress_args(cp)
     cp.set_defaults(func=run)
 
 
@@ -58,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if name in fits:
             raise CaltarsError(f"{d}: two fit directories are named {name!r}; rename one")
         fits[name] = load_fit(d)
-    print(f"comparing {', '.join(fits)} (leave one {args.by} out)", flush=True)
+    echo(f"comparing {', '.join(fits)} (leave one {args.by} out)")
     fallback = "none" if args.no_kfold else args.fallback
     table = run_compare(
         fits,
@@ -70,6 +66,6 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     cols = ["name", "elpd", "elpd_diff", "dse", "weight", "n_high_k", "method", "converged"]
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    print(f"wrote {out}/ (compare.csv, compare.png, compare.svg)")
+    echo(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    echo(f"wrote {out}/ (compare.csv, compare.png, compare.svg)")
     return 0

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from caltars_bayes.cli.common import (
     EXIT_NOT_CONVERGED,
     default_instrument,
+    echo,
     fit_args,
     fit_options,
     refuse_existing,
-    say,
+    say_for,
 )
 
 
@@ -57,17 +57,17 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         hypotheses=False if args.no_hypotheses else (args.hypotheses or True),
         force=args.force,
-        say=say,
+        say=say_for(args),
         **fit_options(args),
     )
-    print("\n[6/6] summary")
+    echo("\n[6/6] summary")
     for line in demo.summary:
-        print(f"  {line}")
-    print(f"\nreport: {(out / 'report.html').resolve()}")
-    print(f"        {out}/report.md, {out}/report.tex (figures in {out}/report_figures/)")
-    print(f"fit:    {out}/fit/  trial: {out}/trial/  D-study: {out}/dstudy/")
-    print(f"done in {time.perf_counter() - t0:.0f} s")
+        echo(f"  {line}")
+    echo(f"\nreport: {(out / 'report.html').resolve()}")
+    echo(f"        {out}/report.md, {out}/report.tex (figures in {out}/report_figures/)")
+    echo(f"fit:    {out}/fit/  trial: {out}/trial/  D-study: {out}/dstudy/")
+    echo(f"done in {time.perf_counter() - t0:.0f} s")
     if args.strict and not demo.fit.converged:
-        print("error: --strict: the fit did not converge", file=sys.stderr)
+        echo("error: --strict: the fit did not converge", err=True)
         return EXIT_NOT_CONVERGED
     return 0

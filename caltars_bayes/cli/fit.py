@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from caltars_bayes.cli.common import (
     EXIT_NOT_CONVERGED,
     data_args,
+    echo,
     fit_args,
     fit_options,
     load_data_arg,
     load_instrument_arg,
     refuse_existing,
-    say,
+    say_for,
 )
 
 
@@ -58,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
         prior_from=args.prior_from,
         prior_weight=args.prior_weight,
         force=args.force,
-        say=say,
+        say=say_for(args),
         **fit_options(args),
     )
     for line in fit_summary(fit, results):
-        print(line)
-    print(f"wrote {out}/")
+        echo(line)
+    echo(f"wrote {out}/")
     if args.strict and not fit.converged:
-        print("error: --strict: the fit did not converge", file=sys.stderr)
+        echo("error: --strict: the fit did not converge", err=True)
         return EXIT_NOT_CONVERGED
     return 0

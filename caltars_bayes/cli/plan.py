@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from caltars_bayes.cli.common import EXIT_TASKS_FAILED, dask_args, scheduler
+from caltars_bayes.cli.common import EXIT_TASKS_FAILED, dask_args, echo, scheduler
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from caltars_bayes.studies.planning import load_plan, run_plan
 
     plan = load_plan(args.plan)
-    print(repr(plan), flush=True)
+    echo(repr(plan))
     res = run_plan(
         plan,
         args.out,
@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.quiet,
     )
-    print(str(res.run))
-    print(res.power.attrs.get("diagnostics", ""))
+    echo(str(res.run))
+    echo(res.power.attrs.get("diagnostics", ""))
     cols = [c for c in res.power.columns if not c.endswith(("_low", "_high"))]
-    print(res.power[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"wrote {args.out}/ (power.csv, power.png, power.svg, results.csv, tasks/)")
+    echo(res.power[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    echo(f"wrote {args.out}/ (power.csv, power.png, power.svg, results.csv, tasks/)")
     return EXIT_TASKS_FAILED if res.run.failed else 0

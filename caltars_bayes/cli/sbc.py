@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from caltars_bayes.cli.common import EXIT_TASKS_FAILED, dask_args, default_instrument, scheduler
+from caltars_bayes.cli.common import (
+    EXIT_TASKS_FAILED,
+    dask_args,
+    default_instrument,
+    echo,
+    scheduler,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         progress=not args.quiet,
     )
-    print(str(res.run))
-    print(res.summary())
-    print(f"wrote {args.out}/ (sbc_tests.csv, ranks.csv, sbc_ecdf.png, sbc_ecdf.svg, tasks/)")
+    echo(str(res.run))
+    echo(res.summary())
+    echo(f"wrote {args.out}/ (sbc_tests.csv, ranks.csv, sbc_ecdf.png, sbc_ecdf.svg, tasks/)")
     return EXIT_TASKS_FAILED if res.run.failed else 0

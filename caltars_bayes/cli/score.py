@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from caltars_bayes.cli.common import data_args, load_data_arg, load_instrument_arg, refuse_existing
+from caltars_bayes.cli.common import (
+    data_args,
+    echo,
+    load_data_arg,
+    load_instrument_arg,
+    progress_args,
+    refuse_existing,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="treat every judge as new (re-estimate calibrated judges to check them for drift)",
     )
     sc.add_argument("--force", action="store_true", help="overwrite an existing output")
+    progress_args(sc)
     sc.set_defaults(func=run)
 
 
@@ -55,16 +63,17 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         importance=not args.no_importance,
         new_judges="all" if args.check_all_judges else "unknown",
+        progress=not args.quiet,
     )
     res.save(out, force=args.force)
-    print(res.banner)
-    print(
+    echo(res.banner)
+    echo(
         f"scored {data.n_subjects} subjects, {data.n_sessions} sessions ({data.n_ratings} "
         f"ratings) with {cal.n_draws} calibration draws; {res.report['method']}"
     )
     for note in res.report["notes"]:
-        print(f"note: {note}")
+        echo(f"note: {note}")
     for line in drift_summary(res.new_judges):
-        print(line)
-    print(f"wrote {out}/ (scores.csv, new_judges.csv, data_report.json, score_report.json)")
+        echo(line)
+    echo(f"wrote {out}/ (scores.csv, new_judges.csv, data_report.json, score_report.json)")
     return 0

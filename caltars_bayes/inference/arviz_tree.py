@@ -254,6 +254,7 @@ def fit_datatree(
     posterior_predictive: int | None = None,
     prior: int | None = None,
     seed: int = 0,
+    session_coords: bool = True,
 ) -> xr.DataTree:
     """The fit as a DataTree that ``arviz_stats`` and ``arviz_plots`` use unchanged.
 
@@ -268,6 +269,12 @@ def fit_datatree(
     prior : number of prior draws for ``prior`` and ``prior_predictive``
         (``log_prior`` is then added too), or None.
     seed : random seed of the replicated ratings and of the prior draws.
+    session_coords : give the ``session`` dim of the ``posterior`` and ``prior``
+        the coordinates ``session_subject`` and ``session_number`` (the
+        ``log_likelihood`` group always has ``subject`` and ``session_number``).
+        ``arviz_stats.summary`` of a posterior with them fails in arviz-base 1.3
+        (``to_stacked_array`` needs every variable to have every non-index
+        coordinate): pass False for a tree to summarise, or use ``fit.summary()``.
 
     Returns
     -------
@@ -280,6 +287,8 @@ def fit_datatree(
         if name not in EXTRA_GROUPS:
             groups[name] = node.to_dataset()
     groups["posterior"] = fit.posterior
+    if session_coords:
+        groups["posterior"] = with_session_coords(fit.posterior, fit.data)
     groups["observed_data"] = observed_data(fit.data)
     groups["constant_data"] = constant_data(fit.data)
     if log_likelihood is not None:
@@ -288,6 +297,8 @@ def fit_datatree(
         groups["posterior_predictive"] = posterior_predictive_group(fit, posterior_predictive, seed)
     if prior is not None:
         groups.update(prior_groups(fit, prior, seed))
+        if session_coords:
+            groups["prior"] = with_session_coords(groups["prior"], fit.data)
     tree = xr.DataTree.from_dict(groups)
     tree.attrs = dict(fit.datatree.attrs)
     return tree

@@ -35,7 +35,8 @@ def sampling_text(record: FitRecord, diagnostics: Diagnostics) -> str:
     d = diagnostics
     if d.approximate:
         return f"{record.method} (approximate), {d.n_draws} draws"
-    return f"{record.sampler} NUTS, {d.n_chains} chains x {d.n_draws} draws"
+    how = f"{record.sampler} NUTS, {d.n_chains} chains x {d.n_draws} draws"
+    return f"{how} ({record.compile_text()})" if record.compile_text() else how
 
 
 def esc(x: Any) -> str:

@@ -200,6 +200,7 @@ class Fit:
         posterior_predictive: int | None = None,
         prior: int | None = None,
         seed: int = 0,
+        session_coords: bool = True,
     ) -> xr.DataTree:
         """The fit as a DataTree that ``arviz_stats`` and ``arviz_plots`` use unchanged.
 
@@ -207,9 +208,13 @@ class Fit:
         ``"session"`` with its deviations integrated out, per ``"rating"``, or
         None), ``posterior_predictive`` (``n`` draws per chain) and, with
         ``prior=n``, ``prior``, ``prior_predictive`` and ``log_prior`` to the
-        posterior and sample_stats; see :func:`caltars_bayes.inference.arviz_tree.fit_datatree`.
+        posterior and sample_stats. The ``session`` dim has the coordinates
+        ``session_number`` and its subject (``session_subject`` in the
+        posterior, whose ``subject`` dim takes that name; ``subject`` elsewhere)
+        unless ``session_coords=False``; see
+        :func:`caltars_bayes.inference.arviz_tree.fit_datatree`.
         """
-        return fit_datatree(self, log_likelihood, posterior_predictive, prior, seed)
+        return fit_datatree(self, log_likelihood, posterior_predictive, prior, seed, session_coords)
 
     # ----------------------------------------------------------------- display
 
@@ -313,13 +318,16 @@ def fit_model(
             cores=cores,
             short_cap=am.plan.short_trajectory_cap,
         )
+        compile_source = str(dt.attrs.get("compile_source", ""))
         dt = _tidy(dt)
         diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
         defaults = sampler_defaults(sampler, am.plan.short_trajectory_cap)
         settings = {"sampler": sampler, "method": "NUTS", "tune": tune, "chains": chains}
         # the options the sampler ran with that the caller did not give
         not_given = {k: v for k, v in defaults.items() if k not in nuts}
-        settings.update(nuts=nuts, start=start, sampler_defaults=not_given)
+        settings.update(
+            nuts=nuts, start=start, sampler_defaults=not_given, compile_source=compile_source
+        )
     for note in am.plan.notes:
         if note not in data.report.design_notes:
             data.report.add_note(note)

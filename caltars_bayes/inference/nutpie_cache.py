@@ -35,20 +35,33 @@ but they still run.
 from __future__ import annotations
 
 import hashlib
+import time
 import warnings
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 
 from caltars_bayes._core.errors import CaltarsWarning
+from caltars_bayes.inference.flat_logp import FlatFunctions, compile_flat, layout
 
-__all__ = ["NutpiePrivateAPIWarning", "callback_source", "compile_numba_model"]
+__all__ = [
+    "CompileInfo",
+    "NutpiePrivateAPIWarning",
+    "callback_source",
+    "clear_compiled",
+    "compile_numba_model",
+    "model_signature",
+    "same_model",
+]
 
 #: nutpie's unpublished names that :func:`compile_numba_model` uses
 NUTPIE_PRIVATE_NAMES = (
     "_wrap_with_lock",
     "_make_functions",
+    "_compute_shapes",
+    "_rv_dict_to_flat_array_wrapper",
     "_prepare_dims_and_coords",
     "make_user_data",
     "address_as_void_pointer",
@@ -101,23 +114,24 @@ def _extract_lines(keys: list[str], ndims: list[int]) -> list[str]:
     return lines
 
 
-def callback_source(kind: str, n_dim: int, n_out: int, keys: list[str], ndims: list[int]) -> str:
+def callback_source(kind: str, keys: list[str], ndims: list[int]) -> str:
     """Source text of nutpie's ``logp`` or ``expand`` C callback.
 
-    The return codes are nutpie's: 0 success, -1 wrong dimension, 1 (logp) or
+    The text holds nothing of the design's size: the parameter and output
+    lengths are the ``dim`` and ``expanded`` that nutpie passes (it checks them
+    against the model it was given), and the data's shapes are read from the
+    user-data record. The return codes are nutpie's: 0 success, 1 (logp) or
     -2 (expand) an exception, 3 a non-finite gradient, 4 a non-finite density.
     """
     args = ", ".join(["x", *(f"a{i}" for i in range(len(keys)))])
     if kind == "logp":
         head = [
             "def callback(dim, x_, out_, logp_, user_data_):",
-            f"    if dim != {n_dim}:",
-            "        return -1",
         ]
         body = [
             "    try:",
-            f"        x = numba.carray(x_, ({n_dim},))",
-            f"        out = numba.carray(out_, ({n_dim},))",
+            "        x = numba.carray(x_, (dim,))",
+            "        out = numba.carray(out_, (dim,))",
             "        logp = numba.carray(logp_, ())",
             f"        logp_val, grad = FN({args})",
             "        logp[()] = logp_val",
@@ -133,13 +147,11 @@ def callback_source(kind: str, n_dim: int, n_out: int, keys: list[str], ndims: l
     elif kind == "expand":
         head = [
             "def callback(dim, expanded, x_, out_, user_data_):",
-            f"    if dim != {n_dim} or expanded != {n_out}:",
-            "        return -1",
         ]
         body = [
             "    try:",
-            f"        x = numba.carray(x_, ({n_dim},))",
-            f"        out = numba.carray(out_, ({n_out},))",
+            "        x = numba.carray(x_, (dim,))",
+            "        out = numba.carray(out_, (expanded,))",
             f"        (values,) = FN({args})",
             "        out[...] = values",
             "    except Exception:",
@@ -154,8 +166,6 @@ def callback_source(kind: str, n_dim: int, n_out: int, keys: list[str], ndims: l
 def _callback(
     kind: str,
     fn_pt: Any,
-    n_dim: int,
-    n_out: int,
     keys: dict[Any, str],
     shared_data: dict[str, np.ndarray],
     record: np.dtype,
@@ -167,7 +177,7 @@ def _callback(
 
     jit_fn = fn_pt.vm.jit_fn
     names = [keys[v] for v in fn_pt.get_shared()]
-    src = callback_source(kind, n_dim, n_out, names, [shared_data[k].ndim for k in names])
+    src = callback_source(kind, names, [shared_data[k].ndim for k in names])
     env: dict[str, Any] = {
         "__name__": __name__,  # numba rebuilds a cached function's environment from it
         "numba": numba,
@@ -195,24 +205,238 @@ def _callback(
         return numba.cfunc(sig)(py_fn)
 
 
+@dataclass(frozen=True)
+class CompileInfo:
+    """How a fit got its compiled model, and how long that took.
+
+    ``source``: ``"compiled"`` (numba compiled the callbacks in this process),
+    ``"disk cache"`` (they were loaded from the on-disk cache of an earlier
+    process), ``"reused"`` (a model compiled earlier in this process, given
+    the new data) or ``"nutpie"`` (nutpie's own compilation: the JAX backend,
+    or the fallback when private names are missing). ``any_size``: the
+    compiled code takes the design's sizes as data (see
+    :mod:`caltars_bayes.inference.flat_logp`).
+    """
+
+    source: str
+    seconds: float
+    any_size: bool = False
+
+
+@dataclass
+class _Compiled:
+    """A model's compiled functions and C callbacks, reusable for new data."""
+
+    signature: dict[str, Any]
+    logp_fn: Any
+    expand_fn: Any
+    logp_cb: Any
+    expand_cb: Any
+    keys: dict[str, str]  # shared variable name -> user-data slot
+    value_names: list[str]
+    stored_names: list[str]
+    renamed: list[str]
+    any_size: bool
+
+
+#: models compiled in this process, newest first
+_COMPILED: list[_Compiled] = []
+#: nutpie's own compilations (the fallback), by signature, newest first
+_FALLBACK: list[tuple[dict[str, Any], Any]] = []
+_COMPILED_SIZE = 4
+
+
+def clear_compiled() -> None:
+    """Forget the models compiled in this process (the disk cache stays).
+
+    The next fit of any model then compiles, or loads from the disk cache:
+    what a new process does (benchmarks and tests of those paths use it).
+    """
+    _COMPILED.clear()
+    _FALLBACK.clear()
+
+
+def model_signature(model: Any, var_names: list[str] | None, any_size: bool) -> dict[str, Any]:
+    """What a compiled model depends on besides the values of its data.
+
+    The log density and the deterministics as graphs of the value variables,
+    the data variables and the dimension lengths, with their names, the
+    variables' dims and the stored variables; with ``any_size=False`` also the
+    data shapes and the coords (the compiled code is then specific to them).
+    """
+    data = sorted(model.data_vars, key=lambda v: v.name)
+    values = sorted(model.value_vars, key=lambda v: v.name)
+    lengths = [model.dim_lengths[k] for k in sorted(model.dim_lengths)]
+    outputs = [model.logp(), *model.replace_rvs_by_values(model.deterministics)]
+    sig: dict[str, Any] = {
+        "inputs": [*values, *data, *lengths],
+        "outputs": outputs,
+        "names": [v.name for v in (*values, *data)] + sorted(model.dim_lengths),
+        "data_dtypes": [v.get_value().dtype for v in data],
+        "data_ndims": [v.get_value().ndim for v in data],
+        "dims": dict(model.named_vars_to_dims),
+        "deterministics": [v.name for v in model.deterministics],
+        "var_names": None if var_names is None else sorted(var_names),
+        "any_size": any_size,
+    }
+    return sig if any_size else _with_sizes(sig, model)
+
+
+def _with_sizes(sig: dict[str, Any], model: Any) -> dict[str, Any]:
+    """A signature for code specific to the design's sizes: the data shapes and coords too."""
+    data = sorted(model.data_vars, key=lambda v: v.name)
+    coords = {k: tuple(v) if v is not None else None for k, v in model.coords.items()}
+    return {
+        **sig,
+        "any_size": False,
+        "data_shapes": [v.get_value().shape for v in data],
+        "coords": coords,
+    }
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two signatures of :func:`model_signature` describe the same compiled model."""
+    from pytensor.graph.basic import equal_computations
+
+    if set(a) != set(b) or len(a["outputs"]) != len(b["outputs"]):
+        return False
+    if any(a[k] != b[k] for k in a if k not in ("inputs", "outputs")):
+        return False
+    return equal_computations(a["outputs"], b["outputs"], in_xs=a["inputs"], in_ys=b["inputs"])
+
+
+def _compile(
+    model: Any, var_names: list[str] | None, point_fn: Any
+) -> tuple[_Compiled, bool, dict[str, Any]]:
+    """Compile a model's functions and callbacks; also whether numba loaded both from
+    disk, and the shared inputs of the compiled functions by name."""
+    from nutpie import compile_pymc as cp
+
+    flat = compile_flat(model, var_names)
+    if flat is None:  # a shape not traced to the dims: nutpie's fixed-shape functions
+        _, _, logp_fn, expand_fn, _, (names, _, _), renamed = cp._make_functions(
+            model,
+            mode="NUMBA",
+            compute_grad=True,
+            join_expanded=True,
+            pymc_initial_point_fn=point_fn,
+            var_names=var_names,
+        )
+        n_free = len(model.free_RVs)
+        flat = FlatFunctions(logp_fn, expand_fn, names[:n_free], names[n_free:], renamed)
+        any_size = False
+    else:
+        any_size = True
+    shared = list(dict.fromkeys([*flat.logp_fn.get_shared(), *flat.expand_fn.get_shared()]))
+    keys = {v: f"s{i}" for i, v in enumerate(shared)}
+    shared_data = _shared_values(keys)
+    record = cp.make_user_data(keys, shared_data).dtype
+    logp = _callback("logp", flat.logp_fn, keys, shared_data, record)
+    expand = _callback("expand", flat.expand_fn, keys, shared_data, record)
+    from_disk = bool(getattr(logp, "_cache_hits", 0)) and bool(getattr(expand, "_cache_hits", 0))
+    compiled = _Compiled(
+        model_signature(model, var_names, any_size),
+        flat.logp_fn,
+        flat.expand_fn,
+        logp,
+        expand,
+        {v.name: k for v, k in keys.items()},
+        flat.value_names,
+        flat.stored_names,
+        flat.renamed,
+        any_size,
+    )
+    return compiled, from_disk, {v.name: v for v in shared}
+
+
+def _shared_values(keys: dict[Any, str]) -> dict[str, np.ndarray]:
+    """Read-only C-ordered copies of the shared variables' values, by user-data slot."""
+    values = {}
+    for v, key in keys.items():
+        value = np.array(v.get_value(), order="C", copy=True)
+        value.flags.writeable = False
+        values[key] = value
+    return values
+
+
+def _data_inputs(model: Any) -> dict[str, Any]:
+    """The model's shared inputs by name: its data variables and dimension lengths."""
+    return {v.name: v for v in [*model.data_vars, *model.dim_lengths.values()]}
+
+
+def _assemble(model: Any, c: _Compiled, point_fn: Any, by_name: dict[str, Any]) -> Any:
+    """nutpie's model object for ``model``'s data from compiled functions and callbacks."""
+    from nutpie import compile_pymc as cp
+
+    keys = {by_name[name]: key for name, key in c.keys.items()}
+    shared_data = _shared_values(keys)
+    user_data = cp.make_user_data(keys, shared_data)
+    n_dim, n_expanded, shape_info = layout(
+        cp._compute_shapes(model), c.value_names, c.stored_names
+    )
+    n_free = len(c.value_names)
+    initial_point_fn = cp._rv_dict_to_flat_array_wrapper(
+        point_fn, names=shape_info[0][:n_free], shapes=shape_info[2][:n_free]
+    )
+    dims, coords = cp._prepare_dims_and_coords(model, shape_info, c.renamed)
+    return cp.CompiledPyMCModel(
+        _n_dim=n_dim,
+        dims=dims,
+        _coords=coords,
+        _shapes={name: tuple(shape) for name, _, shape in zip(*shape_info, strict=True)},
+        compiled_logp_func=c.logp_cb,
+        compiled_expand_func=c.expand_cb,
+        initial_point_func=initial_point_fn,
+        shared_data=shared_data,
+        shared_var_keys=keys,
+        user_data=user_data,
+        n_expanded=n_expanded,
+        shape_info=shape_info,
+        logp_func=c.logp_fn,
+        expand_func=c.expand_fn,
+        reparameterized_names=c.renamed,
+    )
+
+
+def _find(model: Any, var_names: list[str] | None) -> _Compiled | None:
+    """A compilation in this process that serves ``model`` (any size, or its own size)."""
+    if not _COMPILED:
+        return None
+    any_size = model_signature(model, var_names, True)
+    sigs = {True: any_size, False: _with_sizes(any_size, model)}
+    names = set(_data_inputs(model))
+    for c in _COMPILED:
+        if set(c.keys) <= names and same_model(sigs[c.any_size], c.signature):
+            return c
+    return None
+
+
 def compile_numba_model(
     model: Any,
     initial_points: dict[str, Any] | None = None,
     var_names: list[str] | None = None,
-) -> Any:
-    """``nutpie.compile_pymc_model(model, backend="numba")`` with cached callbacks.
+) -> tuple[Any, CompileInfo]:
+    """``nutpie.compile_pymc_model(model, backend="numba")``, compiled once for any data.
 
     Same defaults as nutpie (support-point start with a uniform jitter of every
     free variable, all variables stored); ``initial_points`` overrides the
-    start (constrained scale, by variable name); ``var_names`` limits the
-    stored variables as nutpie's own argument does (the free variables are
-    always stored).
+    start (constrained scale, by variable name; it is not part of the compiled
+    code); ``var_names`` limits the stored variables as nutpie's own argument
+    does (the free variables are always stored).
+
+    A model whose graph equals one compiled earlier in this process (its data
+    and, for any-size code, its sizes may differ) reuses that compilation;
+    otherwise the functions are compiled, their C callbacks loaded from the
+    disk cache where an earlier process compiled the same graph. Returns the
+    compiled model and a :class:`CompileInfo` saying which happened and how long
+    it took.
 
     Where nutpie's or PyTensor's private names are missing (a newer version),
     warns once with :class:`NutpiePrivateAPIWarning` and returns nutpie's own
     ``compile_pymc_model(model, backend="numba")`` with the same arguments
     (same sampler, no cached callbacks).
     """
+    t0 = time.perf_counter()
     missing = _missing_private_names()
     if missing:
         import nutpie
@@ -222,9 +446,19 @@ def compile_numba_model(
             NutpiePrivateAPIWarning,
             stacklevel=2,
         )
-        return nutpie.compile_pymc_model(
+        sig = _with_sizes(model_signature(model, var_names, True), model)
+        sig["initial_points"] = repr(initial_points)
+        for old, done in _FALLBACK:
+            if same_model(sig, old):
+                known = {v.name for v in done.shared_var_keys}
+                new_data = {v.name: v.get_value() for v in model.data_vars if v.name in known}
+                return done.with_data(**new_data), CompileInfo("reused", time.perf_counter() - t0)
+        compiled = nutpie.compile_pymc_model(
             model, backend="numba", initial_points=initial_points, var_names=var_names
         )
+        _FALLBACK.insert(0, (sig, compiled))
+        del _FALLBACK[_COMPILED_SIZE:]
+        return compiled, CompileInfo("nutpie", time.perf_counter() - t0)
     from nutpie import compile_pymc as cp
     from pymc.initial_point import make_initial_point_fn
 
@@ -237,41 +471,16 @@ def compile_numba_model(
             return_transformed=True,
         )
     )
-    n_dim, n_expanded, logp_pt, expand_pt, initial_point_fn, shape_info, renamed = (
-        cp._make_functions(
-            model,
-            mode="NUMBA",
-            compute_grad=True,
-            join_expanded=True,
-            pymc_initial_point_fn=point_fn,
-            var_names=var_names,
-        )
-    )
-    shared = list(dict.fromkeys([*logp_pt.get_shared(), *expand_pt.get_shared()]))
-    keys = {v: f"s{i}" for i, v in enumerate(shared)}
-    shared_data = {}
-    for v in shared:
-        value = np.array(v.get_value(), order="C", copy=True)
-        value.flags.writeable = False
-        shared_data[keys[v]] = value
-    user_data = cp.make_user_data(keys, shared_data)
-    logp = _callback("logp", logp_pt, n_dim, n_dim, keys, shared_data, user_data.dtype)
-    expand = _callback("expand", expand_pt, n_dim, n_expanded, keys, shared_data, user_data.dtype)
-    dims, coords = cp._prepare_dims_and_coords(model, shape_info, renamed)
-    return cp.CompiledPyMCModel(
-        _n_dim=n_dim,
-        dims=dims,
-        _coords=coords,
-        _shapes={name: tuple(shape) for name, _, shape in zip(*shape_info, strict=True)},
-        compiled_logp_func=logp,
-        compiled_expand_func=expand,
-        initial_point_func=initial_point_fn,
-        shared_data=shared_data,
-        shared_var_keys=keys,
-        user_data=user_data,
-        n_expanded=n_expanded,
-        shape_info=shape_info,
-        logp_func=logp_pt,
-        expand_func=expand_pt,
-        reparameterized_names=renamed,
-    )
+    found = _find(model, var_names)
+    by_name = _data_inputs(model)
+    if found is not None:
+        source = "reused"
+    else:
+        found, from_disk, shared = _compile(model, var_names, point_fn)
+        source = "disk cache" if from_disk else "compiled"
+        by_name = {**by_name, **shared}
+        if set(found.keys) <= set(_data_inputs(model)):  # else its inputs cannot be matched
+            _COMPILED.insert(0, found)
+            del _COMPILED[_COMPILED_SIZE:]
+    out = _assemble(model, found, point_fn, by_name)
+    return out, CompileInfo(source, time.perf_counter() - t0, found.any_size)

@@ -75,6 +75,11 @@ class FitRecord:
     start : where the chains started, ``"default"`` or ``"data"`` (None: approximate).
     timings : seconds (``build_s, compile_s, sampling_s, total_s``, ...) and
         ``tune_steps`` where the sampler reports them.
+    compile_source : how the sampler got its compiled model: ``"compiled"``
+        (in this process), ``"disk cache"`` (compiled by an earlier process),
+        ``"reused"`` (compiled earlier in this process, for other data),
+        ``"nutpie"`` (nutpie's own compilation); ``""`` where none is recorded
+        (approximate fits, other samplers, fits saved before this field).
     spec_hash, data_hash : hashes of the instrument spec and the ratings fitted.
     created : ISO time stamp (UTC).
     caltars_bayes_version, versions : the package's and its dependencies' versions.
@@ -100,6 +105,7 @@ class FitRecord:
     versions: dict[str, str] = field(default_factory=installed_versions)
     approximation: dict[str, Any] | None = None
     prior_from: PriorSource | None = None
+    compile_source: str = ""
     format: int = FORMAT_VERSION
 
     @property
@@ -127,6 +133,20 @@ class FitRecord:
             if given.get(key) is not None:
                 return int(given[key])
         return None
+
+    def compile_text(self) -> str:
+        """How the compiled model was obtained, e.g. ``"model loaded from cache in 3 s"``
+        (``""`` when not recorded)."""
+        if not self.compile_source or "compile_s" not in self.timings:
+            return ""
+        verb = {
+            "compiled": "model compiled",
+            "disk cache": "model loaded from cache",
+            "reused": "compiled model reused",
+            "nutpie": "model compiled by nutpie",
+        }.get(self.compile_source, self.compile_source)
+        s = self.timings["compile_s"]
+        return f"{verb} in {s:.0f} s" if s >= 1 else f"{verb} in <1 s"
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON-ready data (``meta.json``, with the plan added by the fit)."""

@@ -25,7 +25,8 @@ import pymc as pm
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from caltars_bayes.inference.nutpie_cache import compile_numba_model
+from caltars_bayes._core.progress import SamplingProgress, in_notebook, is_terminal
+from caltars_bayes.inference.nutpie_cache import CompileInfo, compile_numba_model
 from caltars_bayes.inference.record import TREE_DEPTH_OPTION
 
 SAMPLERS = ("nutpie", "pymc", "numpyro", "blackjax")
@@ -127,16 +128,26 @@ DETERMINISTICS_AFTER_BYTES = 128 * 2**20
 
 
 class _StepCounter:
-    """nutpie progress callback: each chain's last report (draws done, leapfrog steps)."""
+    """nutpie progress callback: each chain's last report (draws done, leapfrog steps).
 
-    def __init__(self) -> None:
+    nutpie calls it every ``progress_rate`` ms (100) with one report per chain
+    (``finished_draws`` tuning included, ``tuning``, ``divergences`` after
+    tuning, ``total_num_steps``...), whether or not its own bar is shown. Each
+    report is also passed on to ``bar`` (the plain progress lines).
+    """
+
+    def __init__(self, bar: SamplingProgress | None = None) -> None:
         self._lock = threading.Lock()
         self._last: dict[int, tuple[int, int]] = {}
+        self._bar = bar
 
     def __call__(self, progress: list[Any]) -> None:
         with self._lock:
             for i, p in enumerate(progress):
                 self._last[i] = (int(p.finished_draws), int(p.total_num_steps))
+        if self._bar is not None:
+            for i, p in enumerate(progress):
+                self._bar.report(i, p.finished_draws, p.tuning, p.divergences)
 
     def total(self, chains: int, iterations: int) -> float | None:
         """All chains' leapfrog steps, or None unless every chain's last report
@@ -146,6 +157,50 @@ class _StepCounter:
         if len(last) != chains or any(d < iterations for d, _ in last.values()):
             return None
         return float(sum(n for _, n in last.values()))
+
+
+class _PyMCDraws:
+    """PyMC's per-draw ``callback``, passed on to the sampling progress.
+
+    ``draw`` has ``chain``, ``draw_idx`` (0-based, tuning included), ``tuning``
+    and ``stats`` (one dict per step method, NUTS's with ``diverging``);
+    divergences are counted after tuning, as nutpie counts them.
+    """
+
+    def __init__(self, bar: SamplingProgress) -> None:
+        self._bar = bar
+        self._divergences: dict[int, int] = {}
+
+    def __call__(self, trace: Any, draw: Any) -> None:
+        stats = draw.stats if isinstance(draw.stats, list | tuple) else [draw.stats]
+        n = self._divergences.get(draw.chain, 0)
+        if not draw.tuning and any(bool(st.get("diverging", False)) for st in stats):
+            n += 1
+        self._divergences[draw.chain] = n
+        self._bar.report(draw.chain, draw.draw_idx + 1, draw.tuning, n)
+
+
+def _displays(progressbar: bool) -> tuple[bool, bool]:
+    """(the sampler shows its own progress display, plain progress lines are written).
+
+    The samplers' own displays show each chain's draws, divergences, elapsed
+    time and time left on a terminal (nutpie's bar, PyMC's rich table) and in
+    a notebook (their HTML); elsewhere (a log file, a pipe) they show nothing
+    until the end, so :class:`~caltars_bayes._core.progress.SamplingProgress`
+    writes plain lines to stderr instead.
+    """
+    if not progressbar:
+        return False, False
+    own = is_terminal(sys.stderr) or in_notebook()
+    return own, not own
+
+
+def _divergences(dt: Any) -> int | None:
+    """Divergent draws after tuning in ``dt``'s sample stats (None without them)."""
+    try:
+        return int(dt["sample_stats"]["diverging"].sum())
+    except (KeyError, TypeError):
+        return None
 
 
 def _deterministic_values(model: pm.Model) -> int:
@@ -238,98 +293,36 @@ def _count_depth_hits_against(dt: xr.DataTree, maxdepth: int) -> xr.DataTree:
     return dt
 
 
-#: Compiled nutpie models kept for reuse: (model signature, compiled model).
-_NUTPIE_CACHE: list[tuple[dict[str, Any], Any]] = []
-_NUTPIE_CACHE_SIZE = 4
-
-
-def _signature(model: pm.Model) -> dict[str, Any]:
-    """What a compiled model depends on besides the values of its ``pm.Data``.
-
-    The log density and the deterministics as graphs of the value variables and
-    the data variables, with the names and shapes of both, and the coords.
-    """
-    data = sorted(model.data_vars, key=lambda v: v.name)
-    values = sorted(model.value_vars, key=lambda v: v.name)
-    lengths = [model.dim_lengths[k] for k in sorted(model.dim_lengths)]  # equal via coords
-    outputs = [model.logp(), *model.replace_rvs_by_values(model.deterministics)]
-    return {
-        "inputs": [*values, *data, *lengths],
-        "outputs": outputs,
-        "names": [v.name for v in (*values, *data)] + sorted(model.dim_lengths),
-        "data_shapes": [v.get_value().shape for v in data],
-        "data_dtypes": [v.get_value().dtype for v in data],
-        "coords": {k: tuple(v) if v is not None else None for k, v in model.coords.items()},
-        "dims": dict(model.named_vars_to_dims),
-        "deterministics": [v.name for v in model.deterministics],
-    }
-
-
-def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    from pytensor.graph.basic import equal_computations
-
-    keys = ("names", "data_shapes", "data_dtypes", "coords", "dims", "deterministics")
-    if any(a[k] != b[k] for k in keys) or len(a["outputs"]) != len(b["outputs"]):
-        return False
-    return equal_computations(a["outputs"], b["outputs"], in_xs=a["inputs"], in_ys=b["inputs"])
-
-
-def _data_names(compiled: Any) -> set[str]:
-    """Names of the data variables a compiled (numba) nutpie model takes at run time."""
-    return {v.name for v in compiled.shared_var_keys}
-
-
 def compile_nutpie(
     model: pm.Model,
     backend: str,
     initial_points: dict[str, Any] | None = None,
     gradient_backend: str | None = None,
     var_names: list[str] | None = None,
-) -> Any:
-    """``nutpie.compile_pymc_model``, reusing an earlier compilation of the same model.
+) -> tuple[Any, CompileInfo]:
+    """nutpie's compiled model for ``model``, and how it was obtained.
 
-    Fits of new data with the same design (planning and SBC replications, refits)
-    build the same graph: everything that differs is in ``pm.Data`` variables,
-    which nutpie's numba models take at run time. When the graph,
-    its constants, the data shapes and the coords all equal those of a model
-    compiled before in this process, that compilation is reused with the new
-    data (``with_data``) instead of compiling again (tens of seconds with numba).
-
-    Starting values (``initial_points``, constrained scale) are compiled into
-    nutpie's model, so a model compiled with them is neither reused nor kept.
+    Numba models come from :func:`caltars_bayes.inference.nutpie_cache.
+    compile_numba_model`: compiled once per model graph for data of any size,
+    reused within a process (planning and SBC replications, K-fold refits,
+    refits of new trials) and loaded from the disk cache in a new one. JAX
+    models are compiled by nutpie every time (nutpie 0.16's JAX models accept
+    ``with_data`` but keep sampling the data they were compiled with).
     ``var_names``: the variables nutpie stores (None: all; the free variables
     are always stored).
-    Numba models are compiled by :func:`caltars_bayes.inference.nutpie_cache.
-    compile_numba_model`, whose C callbacks are cached on disk, so a new
-    process compiling the same graph loads them instead of compiling again.
     """
     import nutpie
 
     if backend != "numba":
-        # nutpie 0.16's JAX models accept with_data but keep sampling the data they
-        # were compiled with (seen here): never reuse them
+        t0 = time.perf_counter()
         extra: dict[str, Any] = {"initial_points": initial_points, "var_names": var_names}
         if gradient_backend is not None:
             extra["gradient_backend"] = gradient_backend
-        return nutpie.compile_pymc_model(model, backend=backend, **extra)
+        compiled = nutpie.compile_pymc_model(model, backend=backend, **extra)
+        return compiled, CompileInfo("nutpie", time.perf_counter() - t0)
     if gradient_backend not in (None, "pytensor"):
         raise ValueError(f"gradient_backend {gradient_backend!r} needs nutpie's JAX backend")
-    if initial_points is not None:
-        return compile_numba_model(model, initial_points, var_names)
-    sig = _signature(model)
-    sig["backend"] = backend
-    sig["var_names"] = None if var_names is None else sorted(var_names)
-    for old, compiled in _NUTPIE_CACHE:
-        same_store = old["var_names"] == sig["var_names"]
-        if old["backend"] == backend and same_store and _same_model(sig, old):
-            known = _data_names(compiled)
-            return compiled.with_data(
-                **{v.name: v.get_value() for v in model.data_vars if v.name in known}
-            )
-    compiled = compile_numba_model(model, var_names=var_names)
-    _NUTPIE_CACHE.insert(0, (sig, compiled))
-    del _NUTPIE_CACHE[_NUTPIE_CACHE_SIZE:]
-    return compiled
+    return compile_numba_model(model, initial_points, var_names)
 
 
 def one_blas_thread(chains: int) -> Any:
@@ -427,7 +420,7 @@ class _Run:
     chains: int
     random_seed: int
     target_accept: float
-    progressbar: bool
+    progressbar: bool  # the sampler's own display (see _displays)
     initvals: dict[str, Any] | None
 
 
@@ -461,20 +454,33 @@ def run_nuts(
     stored while sampling; ``"auto"``, the default: after, for large models;
     see :data:`DETERMINISTICS_AFTER_BYTES`). Other samplers ignore it.
     ``initvals``: starting values (constrained scale) by variable name.
+
+    ``progressbar``: on a terminal or in a notebook the sampler's own display
+    (each chain's draws, divergences, elapsed, time left); elsewhere (a log
+    file, a pipe) plain lines on stderr at least every 10 s and at the end,
+    e.g. ``sampling: 2 chains, 1400/4000 draws (tuning), 0 divergences, 35 s
+    elapsed, ETA 1 min`` (:class:`~caltars_bayes._core.progress.SamplingProgress`).
+    Inside :func:`caltars_bayes._core.progress.log_to` the plain lines also go
+    to its log file, with ``progressbar=False`` too.
     """
     require_sampler(sampler)
     nuts = dict(nuts or {})
     store = nuts.pop("deterministics", "auto")
     cores = cores or min(chains, os.cpu_count() or 1)
-    run = _Run(draws, tune, chains, random_seed, target_accept, progressbar, initvals)
-    if sampler == "nutpie":
-        dt, timings = _run_nutpie(model, nuts, store, cores, short_cap, run=run)
-    elif sampler == "pymc":
-        dt, timings = _run_pymc(model, nuts, cores, run=run)
-    else:
-        dt, timings = _run_jax(model, sampler, nuts, short_cap, run=run)
-    if not isinstance(dt, xr.DataTree):  # InferenceData-like from older paths
-        dt = xr.DataTree.from_dict({g: dt[g].to_dataset() for g in dt.groups if g != "/"})
+    own, plain = _displays(progressbar)
+    run = _Run(draws, tune, chains, random_seed, target_accept, own, initvals)
+    reports = sampler in ("nutpie", "pymc")
+    with SamplingProgress(chains, tune + draws, reports=reports, quiet=not plain) as bar:
+        if sampler == "nutpie":
+            dt, timings = _run_nutpie(model, nuts, store, cores, short_cap, run=run, bar=bar)
+        elif sampler == "pymc":
+            dt, timings = _run_pymc(model, nuts, cores, run=run, bar=bar)
+        else:
+            bar.working(f"compiling and sampling ({sampler} reports no draws until it ends)")
+            dt, timings = _run_jax(model, sampler, nuts, short_cap, run=run)
+        if not isinstance(dt, xr.DataTree):  # InferenceData-like from older paths
+            dt = xr.DataTree.from_dict({g: dt[g].to_dataset() for g in dt.groups if g != "/"})
+        bar.finish(_divergences(dt))
     return dt, timings
 
 
@@ -485,6 +491,7 @@ def _run_nutpie(
     cores: int,
     short_cap: bool,
     run: _Run,
+    bar: SamplingProgress | None = None,
 ) -> tuple[xr.DataTree, dict[str, float]]:
     """nutpie (numba or JAX backend) with the package's defaults; see :func:`run_nuts`."""
     import nutpie
@@ -502,10 +509,14 @@ def _run_nutpie(
     # founding design they are about 0.85 GB); the tuning steps are counted
     # from its progress reports instead
     nuts.setdefault("save_warmup", False)
-    steps = _StepCounter()
+    steps = _StepCounter(bar if bar is not None and bar.heartbeat else None)
+    if bar is not None:
+        bar.working(f"compiling the model (nutpie, {backend})")
     t0 = time.perf_counter()
-    compiled = compile_nutpie(model, backend, run.initvals, gradient_backend, stored)
+    compiled, info = compile_nutpie(model, backend, run.initvals, gradient_backend, stored)
     t1 = time.perf_counter()
+    if bar is not None:
+        bar.working("starting the chains")
     with keep_heap_memory():
         dt = nutpie.sample(
             compiled,
@@ -523,6 +534,7 @@ def _run_nutpie(
     if nuts.get("target_integration_time") is not None:
         dt = _count_depth_hits_against(dt, int(nuts.get("maxdepth", NUTPIE_MAXDEPTH)))
     timings = {"compile_s": t1 - t0, "sampling_s": t2 - t1}
+    dt.attrs["compile_source"] = info.source  # read into FitRecord.compile_source
     if after:
         t3 = time.perf_counter()
         dt = add_deterministics(dt, model)
@@ -544,8 +556,12 @@ def _run_pymc(
     nuts: dict[str, Any],
     cores: int,
     run: _Run,
+    bar: SamplingProgress | None = None,
 ) -> tuple[xr.DataTree, dict[str, float]]:
     """PyMC's own NUTS; see :func:`run_nuts`."""
+    if bar is not None and bar.heartbeat:
+        bar.working("compiling and initialising the chains")
+        nuts = {"callback": _PyMCDraws(bar), **nuts}
     t0 = time.perf_counter()
     with model:
         dt = pm.sample(

@@ -184,7 +184,8 @@ class AllianceModel:
             if self.plan.session_trend:
                 times = np.asarray(self.data.sessions["session_time"], dtype=float)
                 trend = prior_rv("session_trend", self.priors.trend, dims="scale")
-                eta = eta + trend * (times - times.mean())[:, None]
+                centred = pm.Data("session_time", times - times.mean(), dims="session")
+                eta = eta + trend * centred[:, None]
             parts = {"eta": eta, **self._items(), **self._judges(m)}
             if self.plan.likelihood_layout == "dense":
                 self._dense_likelihood(parts, lat.session_subject)
@@ -218,7 +219,7 @@ class AllianceModel:
             theta_raw = pm.MvNormal(
                 "theta_raw", mu=np.zeros(n_k), chol=chol_cov, dims=("subject", "scale")
             )
-            _pin_origin(theta_raw, chol_cov, origin_sd(d), d.n_subjects, n_k)
+            _pin_origin(theta_raw, chol_cov, origin_sd(d), n_k)
         else:
             z_theta = pm.Normal("theta_z", 0.0, 1.0, dims=("subject", "scale"))
             theta_raw = (z_theta @ chol.T) * sd_alliance
@@ -384,7 +385,10 @@ class AllianceModel:
             )
             mu = mu - p["severity"].ravel()[sev_idx]
         if p["interaction"] is not None:
-            mu = mu + p["interaction"].ravel()[p["pair_idx"] * n_k + kk]
+            pair = pm.Data(
+                "interaction_idx", np.asarray(p["pair_idx"] * n_k + kk, np.int64), dims="obs"
+            )
+            mu = mu + p["interaction"].ravel()[pair]
         if plan.cutpoints == "item":
             row = item_idx
         else:

@@ -279,7 +279,7 @@ def _subject_session_block(
         chol_sd, a_mat, chol_b = (pt.stack([p[i] for p in parts])[g] for i in range(3))
         u = pm.MvNormal("subject_mean", mu=np.zeros(k), chol=chol_sd, dims=("subject", "scale"))
         theta_raw = (a_mat @ u[:, :, None])[:, :, 0] + (chol_b @ b_z[:, :, None])[:, :, 0]
-    _pin_origin(theta_raw, chol_cov, tau, d.n_subjects, k)
+    _pin_origin(theta_raw, chol_cov, tau, k)
     z = pm.Normal("zeta_z", 0.0, 1.0, dims=("session", "scale"))
     z_mean = pt.inc_subtensor(pt.zeros((d.n_subjects, k))[sess_subj], z) / n_sess[:, None]
     zeta = pm.Deterministic(
@@ -291,7 +291,7 @@ def _subject_session_block(
 
 
 def _pin_origin(
-    theta_raw: pt.TensorVariable, chol_cov: pt.TensorVariable, tau: float, n: int, k: int
+    theta_raw: pt.TensorVariable, chol_cov: pt.TensorVariable, tau: float, k: int
 ) -> None:
     """Give the average of centred-form subject factors its own narrow prior.
 
@@ -304,11 +304,15 @@ def _pin_origin(
     for ``MVN(0, tau^2 I / N)``; the deviations, hence ``theta`` and everything
     else, keep exactly the same posterior.
     """
+    # the subject count N and tau enter as data, not constants: the compiled
+    # model then serves trials of any size (see caltars_bayes.inference.flat_logp)
+    n_subj = pt.cast(theta_raw.shape[0], "float64")
+    tau_t = pm.Data("origin_sd", np.asarray(float(tau)))
     m = theta_raw.mean(axis=0)
     w = solve_triangular(chol_cov, m, lower=True)  # S^-1/2 m
     log_det = pt.log((chol_cov * np.eye(k)).sum(axis=1)).sum()  # JAX-safe diag
-    old = -0.5 * n * (w**2).sum() - log_det  # log MVN(m; 0, S / N) up to constants
-    new = -0.5 * n * (m**2).sum() / tau**2 - k * np.log(tau)
+    old = -0.5 * n_subj * (w**2).sum() - log_det  # log MVN(m; 0, S / N) up to constants
+    new = -0.5 * n_subj * (m**2).sum() / tau_t**2 - k * pt.log(tau_t)
     pm.Potential("theta_origin", new - old)
 
 
@@ -355,22 +359,25 @@ def covariate_block(
     :func:`caltars_bayes.analysis.associations.imputed_covariates` puts them back on the
     original scale.
     """
-    n, q = x.shape
+    q = x.shape[1]
     cdim = f"{prefix}covariate"
     model = pm.modelcontext(None)
     model.add_coord(cdim, names)
     model.add_coord(f"{cdim}2", names)
     miss_r, miss_c = np.nonzero(~np.isfinite(x))
-    # pm.Data, not a constant: replications of one design then share a compiled
-    # model (sampling.compile_nutpie); where values are missing stays structural
+    # pm.Data, not constants: trials of any size then share a compiled model
+    # (caltars_bayes.inference.flat_logp); whether any value is missing stays structural
     xt = pm.Data(f"{cdim}_values", np.where(np.isfinite(x), x, 0.0))
+    n = pt.cast(xt.shape[0], "float64")
     if len(miss_r):
         model.add_coord(
             f"{cdim}_missing",
             [f"{row_labels[r]}|{names[c]}" for r, c in zip(miss_r, miss_c, strict=True)],
         )
         xm = pm.Flat(f"{cdim}_missing_z", dims=f"{cdim}_missing")
-        xt = pt.set_subtensor(xt[miss_r, miss_c], xm)
+        rows = pm.Data(f"{cdim}_missing_row", miss_r.astype(np.int64), dims=f"{cdim}_missing")
+        cols = pm.Data(f"{cdim}_missing_col", miss_c.astype(np.int64), dims=f"{cdim}_missing")
+        xt = pt.set_subtensor(xt[rows, cols], xm)
     a = prior_rv(f"{cdim}_intercept", priors.covariate_intercept, dims=cdim)
     b = prior_rv(f"{cdim}_slope", priors.covariate_slope, dims=("scale", cdim))
     s = prior_rv(f"{cdim}_sd", priors.covariate_sd, dims=cdim)

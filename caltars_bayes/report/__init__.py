@@ -15,6 +15,11 @@ Modules:
   methods sentences, headline);
 - :mod:`~caltars_bayes.report.methods`: the methods paragraph;
 - :mod:`~caltars_bayes.report.plots`: trace and rank plots of flagged parameters, the judges;
+- :mod:`~caltars_bayes.report.plots_results`: reliability per scale (posterior against
+  classical), standardised loadings, alliance over sessions;
+- :mod:`~caltars_bayes.report.plots_data`: the design and missingness map;
+- :mod:`~caltars_bayes.report.latex_tables`: LaTeX tables fitted to the page (font size,
+  merged intervals, ``longtable`` for long ones);
 - :mod:`~caltars_bayes.report.render_html`, :mod:`~caltars_bayes.report.render_markdown`,
   :mod:`~caltars_bayes.report.render_latex`: the three renderings;
 - :mod:`~caltars_bayes.report.formats`: the formats and their suffixes;

@@ -11,6 +11,7 @@ weight, and the prior-data conflict of each borrowed element;
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,7 +53,9 @@ def _borrowed_source(fit: Fit, doc: dict[str, Any] | None) -> tuple[str, float |
     """Path of the earlier fit and the power-prior weight, as recorded."""
     recorded = fit.record.prior_from
     src = (doc or {}).get("source", {})
-    path = src.get("path") or (recorded and recorded.fit) or "an earlier fit (path not recorded)"
+    path = src.get("path") or (recorded and recorded.fit)
+    # only the folder's name: a report never shows an absolute path
+    path = Path(str(path)).name if path else "an earlier fit (path not recorded)"
     weight = (doc or {}).get("weight", recorded and recorded.weight)
     return str(path), None if weight is None else float(weight)
 

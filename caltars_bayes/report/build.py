@@ -6,17 +6,19 @@ as DataFrames and matplotlib figures) into a
 :class:`~caltars_bayes.report.document.Report`, which renders them as HTML,
 markdown and LaTeX.
 
-Sections, in order: summary, data and design, convergence (trace and rank
-plots of flagged parameters), priors borrowed from an earlier trial (only for a
-fit made with ``--prior-from``), factor structure, reliability, judges,
-construct validity (associations, hypotheses), decision study, model
-comparison, posterior predictive checks, methods. A section whose source is
+Sections, in order: summary, data and design (with the design and missingness
+map), convergence (trace and rank plots of flagged parameters), priors borrowed
+from an earlier trial (only for a fit made with ``--prior-from``), factor
+structure (loadings figure), reliability (reliability figure), judges (forest
+plot), alliance over sessions (a few subjects), construct validity
+(associations, hypotheses), decision study, model comparison, posterior
+predictive checks (with the rating categories' rootogram), methods. A section whose source is
 absent (no covariates, no comparison given) is replaced by a one-line note.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -32,6 +34,7 @@ from caltars_bayes.report.outputs import FitResults
 from caltars_bayes.report.plots import MAX_FLAGGED
 from caltars_bayes.report.sections_fit import convergence_section, design_section
 from caltars_bayes.report.sections_results import (
+    alliance_section,
     comparison_section,
     dstudy_section,
     judges_section,
@@ -118,6 +121,35 @@ def _dstudy(
     return study
 
 
+def _checks(
+    fit: Fit, comparison: pd.DataFrame | None, ppc: bool, say: Callable[[str], None]
+) -> list[Section]:
+    """The model comparison and posterior predictive check sections (or their notes)."""
+    out = []
+    if comparison is not None:
+        say("model comparison")
+        out.append(comparison_section(comparison))
+    else:
+        out.append(
+            omitted_section(
+                "comparison",
+                "Model comparison",
+                "Model comparison: omitted (no comparison given; see "
+                "caltars_bayes.analysis.compare).",
+            )
+        )
+    if ppc:
+        say("posterior predictive checks")
+        out.append(ppc_section(fit))
+    else:
+        out.append(
+            omitted_section(
+                "ppc", "Posterior predictive checks", "Posterior predictive checks: skipped."
+            )
+        )
+    return out
+
+
 def build_report(
     fit: Fit,
     *,
@@ -132,6 +164,7 @@ def build_report(
     progress: Callable[[str], None] | None = None,
     prior_from: dict[str, Any] | None = None,
     prior_conflict: pd.DataFrame | None = None,
+    subjects: Sequence[str] | None = None,
 ) -> Report:
     """Collect the report of a fit.
 
@@ -163,6 +196,9 @@ def build_report(
         "Priors borrowed from an earlier trial" and a sentence to the methods
         paragraph; a fit whose ``record.prior_from`` is set gets the section
         even without them (saying that the derivation is missing).
+    subjects : the subjects whose alliance over sessions is shown (default: a
+        few spread over the range of the subjects' alliance, see
+        :func:`~caltars_bayes.report.plots_results.default_subjects`).
 
     Returns
     -------
@@ -170,8 +206,9 @@ def build_report(
     """
     say = progress or (lambda _msg: None)
     hyps = hypotheses
-    associations = verdicts = None
+    associations = verdicts = scores = None
     if results is not None:
+        scores = results.scores
         hyps = hyps if hyps is not None else results.hypotheses
         if reliability_table is None:
             reliability_table = results.reliability
@@ -194,31 +231,13 @@ def build_report(
     sections.append(rel_section)
     say("judges")
     sections.append(judges_section(fit))
+    say("alliance over sessions")
+    sections.append(alliance_section(fit, subjects, scores))
     say("construct validity")
     val_section, hyp_table = validity_section(fit, hyps, associations, verdicts)
     sections.append(val_section)
     study = _dstudy(fit, dstudy, sections, say)
-    if comparison is not None:
-        say("model comparison")
-        sections.append(comparison_section(comparison))
-    else:
-        sections.append(
-            omitted_section(
-                "comparison",
-                "Model comparison",
-                "Model comparison: omitted (no comparison given; see "
-                "caltars_bayes.analysis.compare).",
-            )
-        )
-    if ppc:
-        say("posterior predictive checks")
-        sections.append(ppc_section(fit))
-    else:
-        sections.append(
-            omitted_section(
-                "ppc", "Posterior predictive checks", "Posterior predictive checks: skipped."
-            )
-        )
+    sections.extend(_checks(fit, comparison, ppc, say))
     methods = methods_paragraph(fit, prior_from=prior_from, prior_conflict=prior_conflict)
     sections.append(Section("methods", "Methods paragraph", [methods]))
     summary = _headline(fit, rel, hyp_table, study)

@@ -4,15 +4,22 @@
 report from a fit; :class:`Report` renders and writes them:
 
 - :meth:`Report.to_html`: one self-contained file (CSS inline, figures
-  embedded as base64 PNG) with a loud red banner at the top when the fit did
-  not converge (:mod:`~caltars_bayes.report.render_html`);
+  embedded as inline SVG; PNG and SVG files beside it for Word) with a loud
+  red banner at the top when the fit did not converge
+  (:mod:`~caltars_bayes.report.render_html`);
 - :meth:`Report.to_markdown`: markdown for quick reading, figures written
   beside it (``<stem>_figures/NAME.png`` and ``.svg``) and linked
   (:mod:`~caltars_bayes.report.render_markdown`);
 - :meth:`Report.to_latex`: booktabs tables (APA number style: no leading
   zero for correlations, reliabilities and probabilities, see
-  :func:`~caltars_bayes.report.elements.apa_number`) and figure environments,
-  for ``\\input`` into a paper (:mod:`~caltars_bayes.report.render_latex`).
+  :func:`~caltars_bayes.report.elements.apa_number`) fitted to the text
+  width, long ones as ``longtable``, and figure environments sized to the
+  page, for ``\\input`` into a paper that loads
+  ``\\usepackage{booktabs, graphicx, longtable}``
+  (:mod:`~caltars_bayes.report.render_latex`).
+
+Every path a report prints is relative (figures: ``<stem>_figures/NAME``;
+the hypotheses file: its name).
 
 :func:`render` writes one report in several formats (``FORMATS``, from
 :mod:`~caltars_bayes.report.formats`), the figures once. Every
@@ -23,14 +30,15 @@ table caption of an unconverged fit says so.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from caltars_bayes._core.errors import CaltarsError
-from caltars_bayes._core.figures import figure_files
+from caltars_bayes._core.figures import figure_bytes, figure_files
 from caltars_bayes._core.io import atomic_write_dir, atomic_write_file
-from caltars_bayes.report.elements import ReportContent
+from caltars_bayes.report.elements import ReportContent, ReportFigure
 from caltars_bayes.report.formats import FORMATS, SUFFIX
 from caltars_bayes.report.render_html import html_body, render_html
 from caltars_bayes.report.render_latex import render_latex
@@ -43,6 +51,14 @@ class Report(ReportContent):
     :class:`~caltars_bayes.report.elements.ReportContent` (its attributes are
     listed there) with the methods that render and write it."""
 
+    _svgs: dict[str, bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def figure_svg(self, figure: ReportFigure) -> bytes:
+        """The SVG of a figure, rendered once for the HTML and the SVG file alike."""
+        if figure.name not in self._svgs:
+            self._svgs[figure.name] = figure_bytes(figure.figure, "svg")
+        return self._svgs[figure.name]
+
     # ------------------------------------------------------------------ writing
 
     def save_figures(self, out_dir: str | Path, force: bool = False) -> list[Path]:
@@ -50,6 +66,7 @@ class Report(ReportContent):
         files: dict[str, Callable[[Path], Any]] = {}
         for f in self.figures:
             files.update(figure_files(f.name, f.figure))
+            files[f"{f.name}.svg"] = partial(_write_bytes, self.figure_svg(f))
         if not files:
             return []
         return atomic_write_dir(Path(out_dir), files, force=force)
@@ -101,8 +118,8 @@ class Report(ReportContent):
     # ------------------------------------------------------------------ rendering
 
     def html(self) -> str:
-        """The report as one HTML document (figures as base64 PNG data URIs)."""
-        return render_html(self)
+        """The report as one HTML document (figures as inline SVG)."""
+        return render_html(self, self.figure_svg)
 
     def markdown(self, figure_folder: str = "report_figures") -> str:
         """The report as markdown, figures linked in ``figure_folder``."""
@@ -113,11 +130,15 @@ class Report(ReportContent):
         return render_latex(self, figure_folder)
 
     def _repr_html_(self) -> str:
-        return html_body(self)
+        return html_body(self, self.figure_svg)
 
     def __repr__(self) -> str:
         shown = [s.key for s in self.sections if not s.omitted]
         return f"Report({self.title}; {'; '.join(shown)}; {self.banner})"
+
+
+def _write_bytes(data: bytes, path: Path) -> None:
+    path.write_bytes(data)
 
 
 def figure_dir(path: str | Path) -> Path:

@@ -105,6 +105,11 @@ class ReportTable:
     note : text under the table.
     posterior : the values come from the posterior (the caption and the LaTeX
         note of an unconverged fit say so); False for data and diagnostics.
+    latex_omit : columns left out of the LaTeX table, to fit a page (shown in
+        HTML and markdown and kept in the CSV files), e.g. a probability that
+        is one minus another column.
+    latex_note : LaTeX source under the LaTeX table only (saying what was left
+        out and where it is, e.g. ``Table~\\ref{tab:associations}``).
     """
 
     name: str
@@ -116,6 +121,8 @@ class ReportTable:
     column_digits: dict[str, int] = field(default_factory=dict)
     note: str = ""
     posterior: bool = True
+    latex_omit: tuple[str, ...] = ()
+    latex_note: str = ""
 
     @property
     def shown(self) -> pd.DataFrame:

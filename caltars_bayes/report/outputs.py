@@ -2,8 +2,8 @@
 
 :func:`save_fit_directory` writes what ``caltars-bayes fit`` writes: the
 reloadable core (:meth:`~caltars_bayes.inference.fit.Fit.save`) with the
-tables, the associations figure, the hypothesis verdicts and the
-borrowed-prior records, in one atomic write (nothing is overwritten without
+tables, the figures (:data:`FIT_FIGURES`, PNG and SVG), the hypothesis
+verdicts and the borrowed-prior records, in one atomic write (nothing is overwritten without
 ``force``; a failed write leaves no half folder). It returns the tables
 (:class:`FitResults`), so that a report reuses them instead of computing them
 again or reading the CSVs back.
@@ -36,10 +36,22 @@ from caltars_bayes.analysis.borrow import (
 from caltars_bayes.analysis.reliability import judges_table, reliability
 from caltars_bayes.analysis.validity import test_hypotheses
 from caltars_bayes.inference.fit import Fit
+from caltars_bayes.report.plots import plot_judges
+from caltars_bayes.report.plots_data import plot_design
+from caltars_bayes.report.plots_results import (
+    plot_alliance_sessions,
+    plot_loadings,
+    plot_reliability,
+)
 from caltars_bayes.spec.hypotheses import Hypotheses, hypotheses_from_dict
 
 #: the hypotheses a fit was made with, saved in its directory
 HYPOTHESES_FILE = "hypotheses.json"
+#: the figures of a fit directory (``NAME.png`` and ``NAME.svg``): the design and
+#: missingness map, reliability per scale, standardised loadings, the judges
+#: (with judge effects), the alliance over sessions of a few subjects and the
+#: associations (with covariates)
+FIT_FIGURES = ("design", "reliability", "loadings", "judges", "alliance_sessions", "associations")
 
 
 @dataclass
@@ -54,6 +66,8 @@ class FitResults:
     hypotheses, verdicts : the hypotheses tested and ``hypotheses.csv``.
     borrowed, prior_conflict : ``prior_from.json`` and ``prior_conflict.csv``
         of a fit with borrowed priors.
+    figures : the figures (:data:`FIT_FIGURES`) by name, until
+        :func:`save_fit_directory` has written and closed them.
     """
 
     summary: pd.DataFrame
@@ -94,6 +108,7 @@ def fit_results(
         reliability=reliability(fit),
         hypotheses=hypotheses,
     )
+    _add_figures(fit, res)
     if fit.plan.covariates or fit.plan.session_covariates:
         res.associations = associations(fit, hypotheses=hypotheses)
         res.imputed_covariates = imputed_covariates(fit)
@@ -106,6 +121,16 @@ def fit_results(
         doc["source"] = {"path": borrowed.informative.source, **doc["source"]}
         res.borrowed, res.prior_conflict = doc, conflict
     return res
+
+
+def _add_figures(fit: Fit, res: FitResults) -> None:
+    """The figures drawn from the tables (all of :data:`FIT_FIGURES` but the associations)."""
+    res.figures["design"] = plot_design(fit.data)
+    res.figures["reliability"] = plot_reliability(fit, res.reliability)
+    res.figures["loadings"] = plot_loadings(fit)
+    if "severity" in fit.posterior or "discrimination" in fit.posterior:
+        res.figures["judges"] = plot_judges(fit)
+    res.figures["alliance_sessions"] = plot_alliance_sessions(fit, scores=res.scores)
 
 
 def save_fit_directory(

@@ -4,16 +4,21 @@
 diagnostics' offenders, else the standard-deviation hyperparameters of an
 unconverged fit); :func:`plot_flagged_trace` and :func:`plot_flagged_rank` draw
 them with arviz-plots. :func:`plot_judges` shows judge severity and
-discrimination with their HDIs.
+log discrimination with their HDIs as an arviz-plots forest plot.
+:func:`verdict_title` gives every report figure a title carrying the fit's
+convergence verdict.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+import textwrap
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import xarray as xr
 
+from caltars_bayes._core.dims import CI_PROB, SAMPLE_DIMS
 from caltars_bayes._core.errors import CaltarsError
 
 if TYPE_CHECKING:
@@ -23,6 +28,8 @@ if TYPE_CHECKING:
 
 #: Flagged parameters shown in the trace and rank plots.
 MAX_FLAGGED = 6
+#: the name of the judges' log discrimination in :func:`judge_draws`
+LOG_DISCRIMINATION = "log discrimination"
 
 
 def _sel_label(post: xr.Dataset, label: str) -> xr.DataArray | None:
@@ -141,70 +148,73 @@ def plot_flagged_rank(fit: Fit, max_params: int = MAX_FLAGGED) -> Figure | None:
     return fig
 
 
-def plot_judges(fit: Fit) -> Figure:
-    """Judge severity (per scale) and discrimination: posterior medians with 95% HDIs.
+def verdict_title(fig: Figure, title: str, fit: Fit) -> None:
+    """Give ``fig`` a title that carries the fit's convergence verdict (red when not converged)."""
+    d = fit.diagnostics
+    if not d.converged:
+        title += "\n" + "\n".join(textwrap.wrap(d.verdict, 100))
+    fig.suptitle(title, fontsize=10, color="black" if d.converged else "#c62828")
 
-    Left: severity by scale, one colour per judge (higher: the judge rates
-    lower; severities sum to zero over judges within a scale). Right:
-    discrimination per judge (geometric mean 1 over judges; higher: ratings
-    track alliance more sharply). Raises :class:`CaltarsError` for a fit
-    without judge effects (one judge).
+
+def judge_draws(fit: Fit) -> xr.Dataset:
+    """The judges' draws as the judges figure shows them.
+
+    Returns
+    -------
+    Dataset with ``severity`` (chain, draw, scale, judge), in logits: how much
+    lower the judge rates than the panel on the scale (sums to zero over
+    judges), and ``log discrimination`` (chain, draw, judge): the natural log
+    of the judge's discrimination (sums to zero over judges: discrimination 1,
+    log 0, is the average judge; +0.2 tracks alliance about 22% more
+    sharply). Either is absent when the model has no such effect.
     """
-    import matplotlib.pyplot as plt
+    post = fit.posterior
+    out = xr.Dataset()
+    if "severity" in post:
+        out["severity"] = post["severity"].transpose(*SAMPLE_DIMS, "scale", "judge")
+    if "discrimination" in post:
+        out[LOG_DISCRIMINATION] = np.log(post["discrimination"])
+    return out.reset_coords(drop=True)
 
-    tab = fit.judges()
-    sev = tab[tab["parameter"] == "severity"]
-    disc = tab[tab["parameter"] == "discrimination"]
-    if sev.empty and disc.empty:
+
+def plot_judges(fit: Fit) -> Figure:
+    """Judge severity (per scale) and log discrimination: posterior medians, 50% and 95% HDIs.
+
+    A forest plot (:func:`arviz_plots.plot_forest`) of :func:`judge_draws`:
+    one row per scale and judge for severity (logits; higher: the judge rates
+    lower), one per judge for log discrimination (0: the average judge;
+    higher: ratings track alliance more sharply), one colour per judge. Both
+    are centred at zero (a vertical line), so one axis holds them. Raises
+    :class:`CaltarsError` for a fit without judge effects (one judge).
+    """
+    import arviz_plots as azp
+    from arviz_base.labels import BaseLabeller
+
+    draws = judge_draws(fit)
+    if not draws.data_vars:
         raise CaltarsError("this fit has no judge effects (one judge): nothing to plot")
-    judges = list(fit.data.judges)
-    cmap = plt.get_cmap("tab10")
-    colour = {j: cmap(i % 10) for i, j in enumerate(judges)}
-    panels = [p for p, t in (("severity", sev), ("discrimination", disc)) if not t.empty]
-    scales = list(fit.data.scales)
-    height = max(3.0, 0.32 * (len(scales) * len(judges) + len(scales)) + 1.2)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(4.6 * len(panels), height), squeeze=False,
-        gridspec_kw={"width_ratios": [2, 1][: len(panels)]},
-    )  # fmt: skip
-    for ax, panel in zip(axes[0], panels, strict=True):
-        if panel == "severity":
-            y, ticks, labels = 0.0, [], []
-            step = 1.0 / (len(judges) + 1)
-            for scale in scales:
-                rows = sev[sev["scale"] == scale].set_index("judge")
-                for n, j in enumerate(judges):
-                    if j not in rows.index:
-                        continue
-                    r = rows.loc[j]
-                    yy = y - n * step
-                    ax.plot([r["hdi_low"], r["hdi_high"]], [yy, yy], color=colour[j], lw=1.8)
-                    ax.plot(r["median"], yy, "o", color=colour[j], ms=4)
-                ticks.append(y - (len(judges) - 1) * step / 2)
-                labels.append(scale)
-                y -= 1
-            ax.set_yticks(ticks, labels)
-            ax.axvline(0, color="grey", lw=0.8)
-            ax.set_xlabel("severity (logits; higher = rates lower)")
-            ax.set_title("Severity by scale")
-        else:
-            rows = disc.set_index("judge")
-            for n, j in enumerate(judges):
-                if j not in rows.index:
-                    continue
-                r = rows.loc[j]
-                ax.plot([r["hdi_low"], r["hdi_high"]], [-n, -n], color=colour[j], lw=1.8)
-                ax.plot(r["median"], -n, "o", color=colour[j], ms=4)
-            ax.set_yticks([-n for n in range(len(judges))], judges)
-            ax.axvline(1, color="grey", lw=0.8)
-            ax.set_xlabel("discrimination (1 = average judge)")
-            ax.set_title("Discrimination")
-        ax.grid(axis="x", alpha=0.3)
-    handles = [plt.Line2D([], [], color=colour[j], marker="o", lw=1.8, label=j) for j in judges]
-    axes[0, 0].legend(handles=handles, fontsize=7, loc="best", title="judge", title_fontsize=7)
-    title = "Judges: posterior median and 95% HDI"
-    if not fit.diagnostics.converged:
-        title += f"\n{fit.diagnostics.verdict}"
-    fig.suptitle(title, fontsize=10, color="black" if fit.diagnostics.converged else "#c62828")
-    fig.tight_layout()
+    rows = sum(int(np.prod([draws[v].sizes[d] for d in draws[v].dims[2:]])) for v in draws)
+    labels = ["__variable__", *(["scale"] if "severity" in draws else []), "judge"]
+    options: dict[str, Any] = dict(
+        combined=True,
+        point_estimate="median",
+        ci_kind="hdi",
+        ci_probs=(0.5, CI_PROB),
+        labels=labels,
+        # shading alternate scales; arviz-plots 1.3 fails ("list index out of
+        # range") shading a single scale, which needs no shading anyway
+        shade_label="scale" if "severity" in draws and draws.sizes["scale"] > 1 else None,
+        backend="matplotlib",
+        labeller=BaseLabeller(),
+        visuals={"shade": {"color": "#9e9e9e"}},
+        figure_kwargs={"figsize": (8.0, 0.28 * rows + 1.3), "width_ratios": [1.2, 2.2]},
+    )
+    tree = xr.DataTree.from_dict({"posterior": draws})
+    pc = azp.plot_forest(tree, aes={"color": ["judge"]}, **options)
+    fig = pc.viz["figure"].item()
+    forest = pc.viz["plot"].sel(column="forest").item()
+    pc.viz["plot"].sel(column="labels").item().set_xticks([])
+    forest.axvline(0, color="grey", lw=0.8, zorder=0)
+    forest.set_xlabel("logits (severity: higher = rates lower; log discrimination: 0 = average)")
+    verdict_title(fig, f"Judges: posterior median, 50% and {CI_PROB:.0%} HDI", fit)
     return fig

@@ -1,21 +1,23 @@
 """The HTML rendering of a report: one self-contained file.
 
-CSS inline, figures embedded as base64 PNG (written by
-:func:`caltars_bayes._core.figures.figure_bytes`), and a loud red banner at the
-top when the fit did not converge; every posterior table's caption of an
-unconverged fit says so.
+CSS inline, figures embedded as inline SVG (:func:`inline_svg`, from
+:func:`caltars_bayes._core.figures.figure_bytes`: vector, sharp at any zoom,
+no external file; the PNG and SVG files written beside the report are for
+Word and other programs), and a loud red banner at the top when the fit did
+not converge; every posterior table's caption of an unconverged fit says so.
 """
 
 from __future__ import annotations
 
-import base64
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from caltars_bayes._core.figures import figure_bytes
 from caltars_bayes.inference.display import esc
-from caltars_bayes.report.elements import ReportContent, ReportTable
+from caltars_bayes.report.elements import ReportContent, ReportFigure, ReportTable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,7 +39,7 @@ text-align:left}table.rt td{padding:.2em .6em;text-align:right}
 table.rt td.t{text-align:left}table.rt tr:last-child td{border-bottom:2px solid #333}
 caption{caption-side:top;text-align:left;font-style:italic;padding-bottom:.3em}
 .warn{color:#c62828;font-weight:600}.note{font-size:.85em;color:#555}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figure{margin:1em 0}figure svg{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#444}.omitted{color:#777;font-style:italic}
 nav ul{columns:2;font-size:.9em}.methods{background:#fafafa;border-left:4px solid #90a4ae;
 padding:.6em 1em}
@@ -80,12 +82,35 @@ def _table_html(t: ReportTable, rep: ReportContent) -> str:
     )
 
 
-def _png_base64(fig: Figure) -> str:
-    return base64.b64encode(figure_bytes(fig, "png")).decode("ascii")
+#: an id defined in an SVG, and the references to one (url(#id), href="#id")
+_SVG_ID = re.compile(r'\bid="([^"]+)"')
+_SVG_REF = re.compile(r'(\bid="|url\(#|href="#)([^")]+)')
 
 
-def html_body(rep: ReportContent) -> str:
-    """The report's HTML without the document around it (also its notebook display)."""
+def inline_svg(fig: Figure | bytes, name: str, label: str = "") -> str:
+    """``fig`` (or its SVG file's bytes) as an ``<svg>`` element to put inside an HTML page.
+
+    The XML prologue and doctype are dropped; every id the SVG defines (glyph
+    paths, clip paths) and every reference to it get the prefix ``NAME-``, so
+    that several figures on one page never share an id. ``label`` becomes the
+    element's accessible name (``role="img"``, ``aria-label``).
+    """
+    svg = fig if isinstance(fig, bytes) else figure_bytes(fig, "svg")
+    text = svg.decode("utf-8")
+    text = text[text.index("<svg") :]
+    ids = set(_SVG_ID.findall(text))
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "_", name) + "-"
+    text = _SVG_REF.sub(
+        lambda m: m.group(1) + (prefix + m.group(2) if m.group(2) in ids else m.group(2)), text
+    )
+    return text.replace("<svg", f"<svg role='img' aria-label='{esc(label)}'", 1)
+
+
+def html_body(rep: ReportContent, svg: Callable[[ReportFigure], bytes] | None = None) -> str:
+    """The report's HTML without the document around it (also its notebook display).
+
+    ``svg`` gives a figure's SVG bytes (default: rendered here).
+    """
     parts = [
         f"<h1>{esc(rep.title)}</h1><p class='sub'>{esc(rep.subtitle)}</p>",
         _banner_html(rep),
@@ -108,18 +133,18 @@ def html_body(rep: ReportContent) -> str:
         parts.extend(_table_html(t, rep) for t in s.tables)
         for f in s.figures:
             parts.append(
-                f"<figure id='fig-{esc(f.name)}'><img alt='{esc(f.caption)}' "
-                f"src='data:image/png;base64,{_png_base64(f.figure)}'/>"
+                f"<figure id='fig-{esc(f.name)}'>"
+                f"{inline_svg(svg(f) if svg else f.figure, f.name, f.caption)}"
                 f"<figcaption>{esc(f.caption)}</figcaption></figure>"
             )
     return "\n".join(parts)
 
 
-def render_html(rep: ReportContent) -> str:
-    """The report as one HTML document (figures as base64 PNG data URIs)."""
+def render_html(rep: ReportContent, svg: Callable[[ReportFigure], bytes] | None = None) -> str:
+    """The report as one HTML document (figures as inline SVG; ``svg`` as in :func:`html_body`)."""
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{esc(rep.title)}</title><style>{_CSS}</style></head><body>\n"
-        f"{html_body(rep)}\n</body></html>\n"
+        f"{html_body(rep, svg)}\n</body></html>\n"
     )

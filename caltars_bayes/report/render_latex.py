@@ -1,105 +1,42 @@
 """The LaTeX rendering of a report, for ``\\input`` into a paper.
 
-Booktabs tables (APA number style: no leading zero for correlations,
-reliabilities and probabilities, see
+Tables from :mod:`~caltars_bayes.report.latex_tables` (booktabs, APA number
+style: no leading zero for correlations, reliabilities and probabilities, see
 :func:`~caltars_bayes.report.elements.apa_number`; headings from
-:data:`LATEX_LABELS`), figure environments and the methods paragraph as a
-comment. An unconverged fit gets a boxed warning and a note under every
-posterior table.
+:data:`LATEX_LABELS`; fitted to the text width; long ones as ``longtable``),
+figures sized to the page (the text width, at most :data:`FIGURE_MAX_HEIGHT`
+of the text height, aspect kept) and the methods paragraph. An unconverged
+fit gets a boxed warning and a note under every posterior table.
+
+The snippet needs ``\\usepackage{booktabs, graphicx, longtable}`` in the
+document's preamble; figure paths are relative to the ``.tex`` file's folder.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from caltars_bayes.report.elements import ReportContent
+from caltars_bayes.report.latex_tables import LATEX_LABELS, latex_escape, table_latex
 
-import numpy as np
-import pandas as pd
+__all__ = ["FIGURE_MAX_HEIGHT", "LATEX_LABELS", "LATEX_PACKAGES", "latex_escape", "render_latex"]
 
-from caltars_bayes.report.elements import ReportContent, ReportTable
-
-_TEX_SPECIAL = {
-    "<=": r"$\le$", ">=": r"$\ge$", "<": r"$<$", ">": r"$>$", "~": r"$\sim$",
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "^": r"\textasciicircum{}",
-}  # fmt: skip
-_TEX_RE = re.compile("|".join(re.escape(k) for k in _TEX_SPECIAL))
-
-#: Column headings in LaTeX tables.
-LATEX_LABELS = {
-    "median": r"\textit{Mdn}",
-    "mean": r"\textit{M}",
-    "sd": r"\textit{SD}",
-    "hdi_low": r"95\% HDI low",
-    "hdi_high": r"95\% HDI high",
-    "classical": "Classical",
-    "classical_r": r"Classical \textit{r}",
-    "classical_p": r"\textit{p}",
-    "p_positive": r"\textit{P}(\textit{r} > 0)",
-    "p_negative": r"\textit{P}(\textit{r} < 0)",
-    "p_rope": r"\textit{P}(ROPE)",
-    "p_expected": r"\textit{P}(expected)",
-    "p_reach": r"\textit{P}(reach)",
-    "r_hat": r"$\hat{R}$",
-    "ess_bulk": "Bulk ESS",
-    "ess_tail": "Tail ESS",
-    "n_ratings": r"\textit{n} ratings",
-    "prob_below_panel": r"\textit{P}(below panel)",
-}
+#: the packages the LaTeX snippet needs (``\usepackage{...}``)
+LATEX_PACKAGES = ("booktabs", "graphicx", "longtable")
+#: the largest height of a figure, as a fraction of ``\textheight``
+FIGURE_MAX_HEIGHT = 0.8
 
 
-def latex_escape(text: Any) -> str:
-    """Escape LaTeX special characters in ``text`` (``<=``, ``>=``, ``~`` become maths)."""
-    return _TEX_RE.sub(lambda m: _TEX_SPECIAL[m.group(0)], str(text))
-
-
-def _tex_cell(t: ReportTable, v: Any, c: str) -> str:
-    s = t.cell(v, c, latex=True)
-    if isinstance(v, float | int | np.number) and not isinstance(v, bool | np.bool_):
-        s = s.replace("< ", r"$<$ ")
-        if s.startswith("-"):
-            s = "$-$" + s[1:]
-        return s
-    return latex_escape(s)
-
-
-def _table_latex(t: ReportTable, rep: ReportContent) -> str:
-    df = t.shown
-    cols = []
-    for c in df.columns:
-        numeric = pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-        cols.append("r" if numeric else "l")
-    head = " & ".join(LATEX_LABELS.get(str(c), latex_escape(c)) for c in df.columns)
-    body = [
-        " & ".join(_tex_cell(t, v, c) for c, v in zip(df.columns, rec, strict=True)) + r" \\"
-        for rec in df.itertuples(index=False)
-    ]
-    notes = []
-    if not rep.converged and t.posterior:
-        notes.append(
-            r"\textbf{The fit did NOT converge}: " + latex_escape("; ".join(rep.problems)) + "."
-            if not rep.approximate
-            else r"\textbf{Approximate fit}: " + latex_escape(rep.banner) + "."
-        )
-    if t.note:
-        notes.append(latex_escape(t.note))
-    note = (
-        "\n\\par\\smallskip{\\footnotesize\\textit{Note.} " + " ".join(notes) + "}" if notes else ""
-    )
+def figure_latex(name: str, caption: str, folder: str) -> str:
+    """A figure environment: the PNG at the text width, at most
+    :data:`FIGURE_MAX_HEIGHT` of the text height, its aspect ratio kept."""
+    size = rf"width=\linewidth,height={FIGURE_MAX_HEIGHT:g}\textheight,keepaspectratio"
     return "\n".join(
         [
-            r"\begin{table}[htbp]",
-            r"\centering\small",
-            rf"\caption{{{latex_escape(t.caption)}}}",
-            rf"\label{{tab:{t.name}}}",
-            rf"\begin{{tabular}}{{{''.join(cols)}}}",
-            r"\toprule",
-            head + r" \\",
-            r"\midrule",
-            *body,
-            r"\bottomrule",
-            r"\end{tabular}" + note,
-            r"\end{table}",
+            r"\begin{figure}[htbp]",
+            r"\centering",
+            rf"\includegraphics[{size}]{{{folder}/{name}.png}}",
+            rf"\caption{{{latex_escape(caption)}}}",
+            rf"\label{{fig:{name}}}",
+            r"\end{figure}",
         ]
     )
 
@@ -110,7 +47,8 @@ def render_latex(rep: ReportContent, folder: str) -> str:
         f"% {rep.title}",
         f"% {rep.subtitle}",
         f"% Verdict: {rep.banner}",
-        "% Generated by caltars_bayes.report.document. Needs \\usepackage{booktabs, graphicx};",
+        "% Generated by caltars_bayes.report.document. Needs "
+        f"\\usepackage{{{', '.join(LATEX_PACKAGES)}}};",
         f"% figure paths are relative to this file's folder ({folder}/).",
         "% Numbers in APA style: no leading zero for correlations, reliabilities, probabilities.",
         "",
@@ -119,10 +57,18 @@ def render_latex(rep: ReportContent, folder: str) -> str:
         what = "APPROXIMATE FIT" if rep.approximate else "WARNING: NOT CONVERGED"
         out.append(
             r"\noindent\fbox{\parbox{\dimexpr\linewidth-2\fboxsep-2\fboxrule\relax}"
-            rf"{{\textbf{{{what}.}} " + latex_escape("; ".join(rep.problems)) + "}}"
+            rf"{{\sloppy\textbf{{{what}.}} " + latex_escape("; ".join(rep.problems)) + "}}"
         )
         out.append("")
-    out.extend([r"% Methods paragraph (adapt before use):", latex_escape(rep.methods), ""])
+    out.extend(
+        [
+            r"% Methods paragraph (adapt before use):",
+            r"\begin{sloppypar}",
+            latex_escape(rep.methods),
+            r"\end{sloppypar}",
+            "",
+        ]
+    )
     for s in rep.sections:
         if s.key in ("summary", "methods"):
             continue
@@ -131,17 +77,7 @@ def render_latex(rep: ReportContent, folder: str) -> str:
             continue
         out.append(f"% ---- {s.title}")
         for t in s.tables:
-            out.extend([_table_latex(t, rep), ""])
+            out.extend([table_latex(t, rep), ""])
         for f in s.figures:
-            out.extend(
-                [
-                    r"\begin{figure}[htbp]",
-                    r"\centering",
-                    rf"\includegraphics[width=\linewidth]{{{folder}/{f.name}.png}}",
-                    rf"\caption{{{latex_escape(f.caption)}}}",
-                    rf"\label{{fig:{f.name}}}",
-                    r"\end{figure}",
-                    "",
-                ]
-            )
+            out.extend([figure_latex(f.name, f.caption, folder), ""])
     return "\n".join(out).rstrip() + "\n"

@@ -2,9 +2,10 @@
 
 :func:`design_section` accounts for the ratings (read, used, missing,
 rejected), the design (sessions per subject, judges per session) and missing
-covariate values; :func:`convergence_section` holds the convergence checks
-against their thresholds, the flagged parameters and, for an unconverged fit,
-their trace and rank plots (:mod:`~caltars_bayes.report.plots`).
+covariate values, with the design and missingness map
+(:func:`~caltars_bayes.report.plots_data.plot_design`); :func:`convergence_section`
+holds the convergence checks against their thresholds, the flagged parameters
+and, for an unconverged fit, their trace and rank plots (:mod:`~caltars_bayes.report.plots`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 
 from caltars_bayes.report.elements import ReportFigure, ReportTable, Section
 from caltars_bayes.report.plots import plot_flagged_rank, plot_flagged_trace
+from caltars_bayes.report.plots_data import plot_design
 
 if TYPE_CHECKING:
     from caltars_bayes.inference.fit import Fit
@@ -92,7 +94,15 @@ def design_section(fit: Fit) -> Section:
             "Rejected: " + ", ".join(f"{k} ({v})" for k, v in rep.rejected_reasons.items()) + "."
         )
     text.extend(f"Note: {n}" for n in rep.design_notes)
-    return Section("data", "Data and design", text, tables)
+    figures = [
+        ReportFigure(
+            "design",
+            f"Design and missingness: which judge rated which session (columns, grouped by "
+            f"subject) and how many of the {data.n_items} items; grey: not rated.",
+            plot_design(data),
+        )
+    ]
+    return Section("data", "Data and design", text, tables, figures)
 
 
 def convergence_section(fit: Fit, max_flagged: int) -> Section:

@@ -1,7 +1,7 @@
 """The report's sections on the results, from the factor structure to the predictive checks.
 
-Factor structure, reliability, judges, construct validity, decision study,
-model comparison and posterior predictive checks.
+Factor structure, reliability, judges, alliance over sessions, construct
+validity, decision study, model comparison and posterior predictive checks.
 Each builder takes the fit (or the result it shows) and returns a
 :class:`~caltars_bayes.report.elements.Section` of text, tables and figures;
 the ``*_COLUMNS`` constants are the columns of the tables, in order. A section
@@ -11,6 +11,8 @@ note.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +36,14 @@ from caltars_bayes.report.elements import (
     omitted_section,
 )
 from caltars_bayes.report.plots import plot_judges
+from caltars_bayes.report.plots_data import plot_category_ppc
+from caltars_bayes.report.plots_results import (
+    N_SUBJECTS_SHOWN,
+    default_subjects,
+    plot_alliance_sessions,
+    plot_loadings,
+    plot_reliability,
+)
 
 if TYPE_CHECKING:
     from caltars_bayes.analysis.reliability import DStudy
@@ -67,7 +77,14 @@ def structure_section(fit: Fit) -> Section:
             bounded=bounded,
         )
     ]
-    figures = []
+    figures = [
+        ReportFigure(
+            "loadings",
+            "Standardised loadings per item and scale: posterior median and 95% HDI; crosses: "
+            "classical PCA (varimax) loadings.",
+            plot_loadings(fit, load),
+        )
+    ]
     corr = factor_correlations(fit)
     if len(corr):
         text.append(
@@ -176,7 +193,16 @@ def reliability_section(fit: Fit, table: pd.DataFrame | None) -> tuple[Section, 
                 posterior=False,
             )
         )
-    return Section("reliability", "Reliability", text, tables), rel
+    figures = [
+        ReportFigure(
+            "reliability",
+            f"Reliability per scale: posterior median and 95% HDI ({route} route) of the "
+            "interrater coefficients, crosses: classical ICC; grey: alpha and omega with their "
+            "bootstrap intervals.",
+            plot_reliability(fit, rel),
+        )
+    ]
+    return Section("reliability", "Reliability", text, tables, figures), rel
 
 
 def judges_section(fit: Fit) -> Section:
@@ -218,7 +244,9 @@ def judges_section(fit: Fit) -> Section:
     ]
     figures = [
         ReportFigure(
-            "judges", "Judge severity and discrimination (median, 95% HDI).", plot_judges(fit)
+            "judges",
+            "Judge severity per scale and log discrimination (posterior median, 50% and 95% HDI).",
+            plot_judges(fit),
         )
     ]
     return Section("judges", "Judges", text, tables, figures)
@@ -272,13 +300,17 @@ def validity_section(
             assoc[[*ASSOCIATION_COLUMNS, "converged"]],
             bounded=bounded,
             p_columns=("classical_p",),
+            latex_omit=("p_negative",),
+            latex_note=r"\textit{P}(\textit{r} $<$ 0) = 1 $-$ \textit{P}(\textit{r} $>$ 0) "
+            "is in associations.csv.",
         )
     ]
     hyp_table = None
     if hypotheses is not None:
         hyp_table = verdicts if verdicts is not None else test_hypotheses(fit, hypotheses)
+        source = Path(hypotheses.source).name  # a name, never an absolute path
         text.append(
-            f"Hypotheses ({hypotheses.source}): {summarise_verdicts(hyp_table)}. A directional "
+            f"Hypotheses ({source}): {summarise_verdicts(hyp_table)}. A directional "
             f"hypothesis is supported when P(expected sign) >= {hypotheses.support:g} and "
             f"contradicted when P(opposite sign) >= {hypotheses.contradict:g}; a null "
             f"hypothesis is supported when P(|r| < {hypotheses.rope:g}) >= {hypotheses.support:g}."
@@ -290,6 +322,9 @@ def validity_section(
                 hyp_table[[*HYPOTHESIS_COLUMNS, "converged"]],
                 bounded=bounded,
                 p_columns=("classical_p",),
+                latex_omit=("classical_r", "classical_p"),
+                latex_note=r"Classical \textit{r} and \textit{p} of each pair: "
+                r"Table~\ref{tab:associations}.",
             )
         )
     else:
@@ -406,11 +441,53 @@ def ppc_section(fit: Fit) -> Section:
                 note=f"... and {more} more (PPC table)." if more > 0 else "",
             )
         )
+    figures = [
+        ReportFigure("ppc", "Observed statistics against their replicated 95% intervals.",
+                     res.plot()),
+        ReportFigure("categories", "Rating categories per scale: observed counts against the "
+                     "posterior predictive median and 95% interval (square-root axis).",
+                     plot_category_ppc(fit)),
+    ]  # fmt: skip
+    return Section("ppc", "Posterior predictive checks", text, tables, figures)
+
+
+def alliance_section(
+    fit: Fit,
+    subjects: Sequence[str] | None = None,
+    scores: pd.DataFrame | None = None,
+    n_subjects: int = N_SUBJECTS_SHOWN,
+) -> Section:
+    """The alliance-over-sessions section: the session-level alliance of a few subjects.
+
+    ``subjects``: the subjects shown (default ``n_subjects`` spread over the
+    range of the subjects' alliance, :func:`~caltars_bayes.report.plots_results.default_subjects`);
+    ``scores``: the fit's scores table (else computed).
+    """
+    table = fit.scores() if scores is None else scores
+    chosen = list(subjects) if subjects is not None else default_subjects(table, n_subjects)
+    how = (
+        "chosen for the report"
+        if subjects is not None
+        else "spread over the range of the subjects' treatment-level alliance (lowest, "
+        "highest and between; build_report(subjects=...) chooses others)"
+    )
+    text = [
+        f"Session-level latent alliance of {len(chosen)} subjects ({', '.join(chosen)}; {how}): "
+        "posterior mean and 95% HDI per session, the subject's treatment-level alliance "
+        "dotted. Every subject's scores are in scores.csv of the fit directory."
+    ]
+    fig = plot_alliance_sessions(fit, chosen, scores=table)
     return Section(
-        "ppc",
-        "Posterior predictive checks",
+        "alliance",
+        "Alliance over sessions",
         text,
-        tables,
-        [ReportFigure("ppc", "Observed statistics against their replicated 95% intervals.",
-                      res.plot())],
-    )  # fmt: skip
+        figures=[
+            ReportFigure(
+                "alliance_sessions",
+                "Session-level alliance over sessions (posterior mean, 95% HDI) of "
+                + ", ".join(chosen)
+                + ".",
+                fig,
+            )
+        ],
+    )

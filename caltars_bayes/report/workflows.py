@@ -133,6 +133,7 @@ def fit_to_directory(
         f" {data.n_judges} judges) {how}"
     )
     fit = fit_model(data, **fit_options)
+    say(f"writing the fit directory {Path(out).name}/ (tables, figures)")
     results = save_fit_directory(fit, out, hypotheses=hyps, borrowed=borrowed, force=force)
     if results.prior_conflict is not None:
         say(results.prior_conflict.attrs["summary"])
@@ -220,7 +221,8 @@ def fit_summary(fit: Fit, results: FitResults) -> list[str]:
     t = fit.record.timings
     lines = [
         f"done in {t['total_s']:.0f} s "
-        f"(compile {t['compile_s']:.0f} s, sampling {t['sampling_s']:.0f} s)",
+        f"({fit.record.compile_text() or f'compile {t['compile_s']:.0f} s'}, "
+        f"sampling {t['sampling_s']:.0f} s)",
         str(fit.diagnostics),
         *(f"note: {note}" for note in fit.plan.notes),
     ]

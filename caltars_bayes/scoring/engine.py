@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from caltars_bayes._core.progress import Progress
 from caltars_bayes.model.density import cumulative_logit_derivatives, cumulative_logit_logp
 from caltars_bayes.scoring.calibration import Calibration
 from caltars_bayes.scoring.design import _Design, _Params, _params, _rsum, _ssum
@@ -496,9 +497,11 @@ def _diag(x: np.ndarray) -> np.ndarray:
 
 
 def laplace_draws(
-    design: _Design, cal: Calibration, seed: int = 0
+    design: _Design, cal: Calibration, seed: int = 0, progress: Progress | None = None
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Steps 1 and 2 of the method for every calibration draw, in chunks of draws.
+
+    ``progress`` counts the calibration draws done (one advance per chunk).
 
     Returns
     -------
@@ -517,6 +520,8 @@ def laplace_draws(
         mode, done = eng.fit()
         parts.append(eng.draw(mode, rng))
         newton_ok.append(done)
+        if progress is not None:
+            progress.advance(sel.stop - sel.start)
     cat = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
     return cat, np.concatenate(newton_ok)
 

@@ -18,6 +18,7 @@ import xarray as xr
 
 from caltars_bayes._core.dims import CI_PROB
 from caltars_bayes._core.errors import DataError
+from caltars_bayes._core.progress import Say, progress_for
 from caltars_bayes.scoring.calibration import Calibration, check_instrument
 from caltars_bayes.scoring.design import _Design, build_design
 from caltars_bayes.scoring.drift import judge_drift, own_estimates
@@ -40,6 +41,7 @@ def score_trial(
     seed: int = 0,
     importance: bool = True,
     new_judges: str = "unknown",
+    progress: bool | Say = True,
 ) -> ScoreResult:
     """Score new subjects and sessions with a calibration; see :mod:`caltars_bayes.scoring.engine`.
 
@@ -53,6 +55,10 @@ def score_trial(
     new_judges : ``"unknown"`` (default): judges not in the calibration get the
         calibrated judge population as prior and are estimated; ``"all"``: every
         judge is treated as new (to check a calibrated judge for drift).
+    progress : calibration draws done (the Laplace fits, in chunks), elapsed and
+        ETA on stderr (a bar on a terminal, else a line per chunk and at least
+        every 10 s); a function: one such line per chunk to it; False: nothing
+        (a :func:`~caltars_bayes._core.progress.log_to` file still gets them).
 
     Returns
     -------
@@ -62,7 +68,12 @@ def score_trial(
     if new_judges not in ("unknown", "all"):
         raise DataError(f"new_judges must be 'unknown' or 'all', got {new_judges!r}")
     return run_scoring(
-        data, calibration, seed=seed, importance=importance, all_new=new_judges == "all"
+        data,
+        calibration,
+        seed=seed,
+        importance=importance,
+        all_new=new_judges == "all",
+        progress=progress,
     )
 
 
@@ -73,6 +84,7 @@ def score(
     seed: int = 0,
     importance: bool = True,
     new_judges: str = "unknown",
+    progress: bool | Say = True,
 ) -> pd.DataFrame:
     """Posterior alliance scores of new subjects and sessions, from a calibration.
 
@@ -93,7 +105,12 @@ def score(
     >>> score(new_data, cal).query("level == 'subject'")  # doctest: +SKIP
     """
     return score_trial(
-        data, calibration, seed=seed, importance=importance, new_judges=new_judges
+        data,
+        calibration,
+        seed=seed,
+        importance=importance,
+        new_judges=new_judges,
+        progress=progress,
     ).scores
 
 
@@ -104,6 +121,7 @@ def run_scoring(
     seed: int = 0,
     importance: bool = True,
     all_new: bool = False,
+    progress: bool | Say = True,
 ) -> ScoreResult:
     """:func:`score_trial` without its checks (method: :mod:`caltars_bayes.scoring.engine`)."""
     if "sd_interaction" in cal.draws:
@@ -112,7 +130,8 @@ def run_scoring(
         )
     design, notes = build_design(data, cal, all_new=all_new)
     n_total = cal.n_draws
-    cat, ok = laplace_draws(design, cal, seed)
+    with progress_for("score: calibration draws", n_total, progress) as bar:
+        cat, ok = laplace_draws(design, cal, seed, bar)
     smoothed, khat, rel_ess = psis_weights(cat["log_w"], importance)
     subj_ok = np.full(design.n_subjects, bool(ok.all()))
     bad_k = (khat > PARETO_K_MAX) & (rel_ess < MIN_RELATIVE_ESS)

@@ -19,12 +19,11 @@ judge SDs, discriminations and severities, the loadings, the cutpoints and
 ``theta`` of the first items and subjects, and the derived latent-route
 reliability (session level, one judge, absolute agreement) per scale.
 
-Uniformity is tested per quantity by a chi-square test on binned ranks and a
-Kolmogorov-type test on the ECDF of the ranks (maximum absolute difference
-from the uniform CDF; its null distribution, and the simultaneous 95% band
-drawn on the ECDF-difference plots, are simulated for the exact number of
-simulations and rank values). A quantity *fails* when either p-value is below
-``0.05 / (2 x number of quantities)`` (Bonferroni).
+Uniformity is tested per quantity by arviz-stats' POT-C test of the ranks
+made continuous PIT values; a quantity *fails* when its p-value is below
+``0.05 / number of quantities`` (Bonferroni). The figure is arviz-plots'
+PIT ECDF-difference plot, one panel per quantity, with a simultaneous 95%
+band (:mod:`caltars_bayes.studies.sbc_uniformity`).
 
 Thinning: ranks need roughly independent draws. ``L`` should not exceed the
 bulk ESS; the ranks table keeps each quantity's ESS, and the tests table the
@@ -56,6 +55,7 @@ from caltars_bayes.data.ratings import RatingData
 from caltars_bayes.model.build import AllianceModel
 from caltars_bayes.model.simulate import simulate_trial
 from caltars_bayes.spec.instrument import Instrument
+from caltars_bayes.studies.sbc_uniformity import plot_ecdf_differences, uniformity_tests
 from caltars_bayes.studies.tasks import (
     Task,
     TaskRun,
@@ -352,153 +352,6 @@ def run_simulation(task: Task, config: SBCConfig) -> pd.DataFrame:
     return out
 
 
-# --------------------------------------------------------------------------- tests of uniformity
-
-
-def _max_ecdf_deviation(ranks: np.ndarray, n_ranks: int) -> np.ndarray:
-    """max_z |ECDF(z) - z| of ranks on 0..L at z = 1/(L+1), ..., 1; rows of ``ranks``."""
-    ranks = np.atleast_2d(ranks)
-    grid = np.arange(n_ranks + 1)
-    counts = np.stack([np.bincount(r, minlength=n_ranks + 1) for r in ranks])
-    ecdf = np.cumsum(counts, axis=1) / ranks.shape[1]
-    return np.abs(ecdf - (grid + 1) / (n_ranks + 1)).max(axis=1)
-
-
-@functools.lru_cache(maxsize=64)
-def _null_deviations(n: int, n_ranks: int, reps: int = 4000) -> np.ndarray:
-    """Null distribution of the maximum ECDF deviation for ``n`` uniform ranks (seeded)."""
-    rng = np.random.default_rng(20180101 + n * 1009 + n_ranks)
-    return np.sort(_max_ecdf_deviation(rng.integers(0, n_ranks + 1, size=(reps, n)), n_ranks))
-
-
-def ecdf_band(n: int, n_ranks: int, prob: float = 0.95) -> float:
-    """Half-width of the simultaneous ``prob`` band of ECDF(rank) - uniform CDF."""
-    return float(np.quantile(_null_deviations(n, n_ranks), prob))
-
-
-def pot_c_p_value(ranks: np.ndarray, n_ranks: int) -> float:
-    """p-value of arviz-stats' POT-C uniformity test of ranks on ``0..L``.
-
-    The ranks are made continuous PIT values, ``(rank + u) / (L + 1)`` with
-    ``u`` uniform on (0, 1) (a fixed seed per ``n``, ``L``), which are exactly
-    uniform on (0, 1) when the ranks are uniform; POT-C (Tesso & Vehtari)
-    combines a beta test of every order statistic by the Cauchy combination
-    (``arviz_stats`` ``uniformity_test``, method ``"pot_c"``).
-    """
-    from arviz_stats.base import array_stats
-
-    r = np.asarray(ranks, dtype=float)
-    u = np.random.default_rng(20250101 + len(r) * 1009 + n_ranks).uniform(size=len(r))
-    p_value = array_stats.uniformity_test((r + u) / (n_ranks + 1), method="pot_c")[0]
-    return float(p_value)
-
-
-def uniformity_tests(
-    ranks: pd.DataFrame, n_ranks: int, bins: int | None = None, alpha: float = 0.05
-) -> pd.DataFrame:
-    """Chi-square and ECDF (Kolmogorov-type) tests of uniform ranks, per quantity.
-
-    Parameters
-    ----------
-    ranks : columns ``variable, quantity, rank`` (and optionally ``ess_bulk``).
-    n_ranks : ``L`` (ranks lie in 0..L).
-    bins : chi-square bins (default ``min(20, max(2, n // 5))``, at most L + 1).
-    alpha : family-wise level; each test uses ``alpha / (2 x quantities)``.
-
-    Returns
-    -------
-    DataFrame, one row per quantity: ``variable, quantity, n_sims``,
-    ``chi2``, ``bins``, ``chi2_p`` (chi-square on ``bins`` equal-width rank
-    bins, expected counts exact for the discrete ranks), ``ecdf_max_dev``
-    (max |ECDF - uniform CDF|), ``ecdf_p`` (its simulated p-value),
-    ``pot_c_p`` (arviz-stats' POT-C test, :func:`pot_c_p_value`; reported
-    beside the two tests, not part of ``fails``),
-    ``band`` (half-width of the simultaneous 95% band), ``mean_rank``
-    (0.5 when centred), ``low_ess_share`` (share of simulations whose bulk
-    ESS was below L; NaN without ``ess_bulk``), ``fails`` (either p below the
-    Bonferroni level).
-    """
-    from scipy.stats import chi2 as chi2_dist
-
-    groups = list(ranks.groupby(["variable", "quantity"], sort=False))
-    level = alpha / (2 * max(1, len(groups)))
-    rows = []
-    for (var, q), g in groups:
-        r = g["rank"].to_numpy(dtype=int)
-        n = len(r)
-        if r.min() < 0 or r.max() > n_ranks:
-            raise ValueError(f"{q}: ranks outside 0..{n_ranks}")
-        b = bins or min(20, max(2, n // 5))
-        b = min(b, n_ranks + 1)
-        edges = np.floor(np.arange(n_ranks + 1) * b / (n_ranks + 1)).astype(int)
-        observed = np.bincount(edges[r], minlength=b)
-        expected = n * np.bincount(edges, minlength=b) / (n_ranks + 1)
-        stat = float(((observed - expected) ** 2 / expected).sum())
-        dev = float(_max_ecdf_deviation(r[None, :], n_ranks)[0])
-        null = _null_deviations(n, n_ranks)
-        at_least = len(null) - np.searchsorted(null, dev - 1e-12, side="left")
-        p_ecdf = float((1 + at_least) / (1 + len(null)))
-        rows.append(
-            {
-                "variable": var,
-                "quantity": q,
-                "n_sims": n,
-                "chi2": stat,
-                "bins": b,
-                "chi2_p": float(chi2_dist.sf(stat, b - 1)),
-                "ecdf_max_dev": dev,
-                "ecdf_p": p_ecdf,
-                "pot_c_p": pot_c_p_value(r, n_ranks),
-                "band": ecdf_band(n, n_ranks),
-                "mean_rank": float(r.mean() / n_ranks),
-                "low_ess_share": float((g["ess_bulk"] < n_ranks).mean())
-                if "ess_bulk" in g
-                else np.nan,
-            }
-        )
-    out = pd.DataFrame(rows)
-    if len(out):
-        out["fails"] = (out["chi2_p"] < level) | (out["ecdf_p"] < level)
-    return out
-
-
-def plot_ecdf_differences(
-    ranks: pd.DataFrame, n_ranks: int, variables: list[str] | None = None
-) -> Figure:
-    """ECDF of the ranks minus the uniform CDF, one panel per variable.
-
-    Each line is one quantity; the grey area is the simultaneous 95% band
-    for a calibrated model (simulated for this many simulations and ranks).
-    """
-    import matplotlib.pyplot as plt
-
-    variables = variables or list(dict.fromkeys(ranks["variable"]))
-    n_pan = len(variables)
-    ncol = min(4, n_pan)
-    nrow = int(np.ceil(n_pan / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.6 * nrow), squeeze=False)
-    z = (np.arange(n_ranks + 1) + 1) / (n_ranks + 1)
-    for ax, var in zip(axes.ravel(), variables, strict=False):
-        g = ranks[ranks["variable"] == var]
-        n = int(g.groupby("quantity").size().min())
-        c = ecdf_band(n, n_ranks)
-        ax.fill_between(z, -c, c, color="0.85", step="post")
-        ax.axhline(0, color="0.5", lw=0.8)
-        for i, (_, gq) in enumerate(g.groupby("quantity", sort=False)):
-            r = gq["rank"].to_numpy(dtype=int)
-            ecdf = np.cumsum(np.bincount(r, minlength=n_ranks + 1)) / len(r)
-            ax.step(z, ecdf - z, where="post", lw=1, color=f"C{i % 10}")
-        ax.set_title(var, fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[n_pan:]:
-        ax.set_visible(False)
-    fig.supxlabel("fractional rank", fontsize=9)
-    fig.supylabel("ECDF - uniform", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -527,7 +380,7 @@ class SBCResult:
         return self.tests[self.tests["fails"]] if len(self.tests) else self.tests
 
     def plot(self, variables: list[str] | None = None) -> Figure:
-        """ECDF-difference plots (:func:`plot_ecdf_differences`)."""
+        """PIT ECDF-difference plots, one panel per quantity (:func:`plot_ecdf_differences`)."""
         return plot_ecdf_differences(self.ranks, self.config.n_ranks, variables)
 
     def summary(self) -> str:

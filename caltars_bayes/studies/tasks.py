@@ -372,8 +372,9 @@ def _print_progress(line: str) -> None:
 def default_backend() -> str:
     """nutpie backend for fits inside tasks: the environment's choice, else numba.
 
-    Replications of one design build the same graph, so each worker compiles
-    it once and reuses it with new data (``sampling.compile_nutpie``); numba
+    Replications of one instrument and model plan build the same graph (of
+    any size), so each worker compiles it once, or loads it from the disk
+    cache, and reuses it with new data (``nutpie_cache.compile_numba_model``); numba
     then costs its compile time once per worker and samples about four times
     faster than nutpie's JAX backend on these models (measured here).
     """

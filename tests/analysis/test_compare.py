@@ -159,6 +159,32 @@ def test_folds_keep_every_subject_and_session_in_training(trial):
         session_folds(data, 1)
 
 
+def test_kfold_bookkeeping_through_arviz_loo_kfold(fits, monkeypatch):
+    """K-fold by rating with every refit stubbed by the full fit (no MCMC): arviz's
+    ``loo_kfold`` with our folds and RefitWrapper gives each rating the log of its mean
+    density over the draws (so p = 0 exactly), each fold one refit with its own seed."""
+    fit = fits["truth"]
+    data = fit.data
+    seeds, sizes = [], []
+
+    def stub_fit_model(train, **kwargs):
+        seeds.append(kwargs["random_seed"])
+        sizes.append(train.n_ratings)
+        return fit
+
+    monkeypatch.setattr(compare_kfold, "fit_model", stub_fit_model)
+    res = compare.kfold_fit(fit, "rating", 3, seed=2, fit_options={"draws": 7}, quiet=True)
+    assert isinstance(res, ELPDDataLOOKFold) and res.n_folds == 3
+    assert seeds == [1001, 2001, 3001]
+    assert sum(sizes) == 2 * data.n_ratings  # each rating held out exactly once
+    ll = predict.rating_loglik(predict.posterior_draws(fit.posterior, data), data)
+    expected = logsumexp(ll, axis=0) - np.log(ll.shape[0])
+    np.testing.assert_allclose(res.elpd_i.values, expected, rtol=1e-12)
+    assert res.elpd == pytest.approx(expected.sum(), rel=1e-12)
+    assert res.se == pytest.approx(np.sqrt(len(expected) * np.var(expected)), rel=1e-12)
+    assert res.p == pytest.approx(0.0, abs=1e-8) and np.abs(res.p_kfold_i.values).max() < 1e-10
+
+
 def test_cli_compare_writes_table_and_plot(fits, tmp_path, capsys):
     dirs = []
     for name, fit in fits.items():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from caltars_bayes._core import progress
 from caltars_bayes.cli import main
 from caltars_bayes.spec.instrument import models_dir
 
@@ -116,7 +117,7 @@ def test_column_mapping_flag(sim_dir, tmp_path, capsys):
     )
 
 
-def test_fit_writes_outputs_and_strict_exit_code(sim_dir, tmp_path, capsys):
+def test_fit_writes_outputs_and_strict_exit_code(sim_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "fit"
     args = [
         "fit",
@@ -159,11 +160,26 @@ def test_fit_writes_outputs_and_strict_exit_code(sim_dir, tmp_path, capsys):
         "ess_tail",
         "converged",
     } <= set(summary.columns)
-    assert "NOT CONVERGED" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "NOT CONVERGED" in printed.out
+    assert "sampling:" not in printed.err + printed.out  # --quiet: no progress
     # rerun without --force is refused, with --force accepted
     assert main(args) == 2
     extra = ["--integration-time", "2.7", "--start", "data", "--max-treedepth", "9"]
-    assert main([*args, "--force", *extra]) == 0
+    # with progress (stderr is not a terminal here: plain lines), a line every 0.05 s,
+    # and a log
+    monkeypatch.setattr(progress, "EVERY_S", 0.05)
+    log = tmp_path / "fit.log"
+    loud = [a for a in args if a != "--quiet"]
+    assert main([*loud, "--force", *extra, "--log", str(log)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    sampling = [line for line in err if line.startswith("sampling: 2 chains")]
+    assert any("divergences" in line and "ETA" in line for line in sampling)
+    assert sampling[-1].startswith("sampling: 2 chains, 120/120 draws,")
+    assert "done in" in sampling[-1]
+    logged = [line[20:] for line in log.read_text().splitlines()]  # after the timestamp
+    assert logged[0].startswith("caltars-bayes fit ") and logged[-1] == f"wrote {out}/"
+    assert set(sampling) <= set(logged) and any(x.startswith("fitting ") for x in logged)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["nuts"]["target_integration_time"] == 2.7
     assert meta["nuts"]["max_treedepth"] == 9  # the sampler's own name for it

@@ -79,11 +79,19 @@ def cache_dir(tmp_path_factory):
         yield path
 
 
+@pytest.fixture(autouse=True)
+def _no_reuse():
+    """Each test starts as a new process would: nothing compiled in this process."""
+    nutpie_cache.clear_compiled()
+    yield
+    nutpie_cache.clear_compiled()
+
+
 def test_callbacks_agree_with_nutpies_own_compilation(cache_dir):
     import nutpie
 
     model = _model(*_data(0))
-    ours = compile_numba_model(model)
+    ours, _ = compile_numba_model(model)
     theirs = nutpie.compile_pymc_model(model, backend="numba")
     assert ours.n_dim == theirs.n_dim == 6 and ours.n_expanded == theirs.n_expanded
     rng = np.random.default_rng(1)
@@ -102,16 +110,18 @@ def test_callbacks_agree_with_nutpies_own_compilation(cache_dir):
 
 def test_a_second_compilation_loads_the_callbacks_from_disk(cache_dir):
     model = _model(*_data(0), prior_sd=7.0)
-    first = compile_numba_model(model)
-    assert first.compiled_logp_func.cache_hits == 0
-    second = compile_numba_model(_model(*_data(0), prior_sd=7.0))  # same graph, built again
+    first, info = compile_numba_model(model)
+    assert first.compiled_logp_func.cache_hits == 0 and info.source == "compiled"
+    nutpie_cache.clear_compiled()  # as in a new process
+    second, info = compile_numba_model(_model(*_data(0), prior_sd=7.0))  # same graph, again
+    assert info.source == "disk cache" and info.any_size
     assert second.compiled_logp_func.cache_hits == 1
     assert second.compiled_expand_func.cache_hits == 1
     point = np.random.default_rng(2).normal(size=first.n_dim)
     assert _logp(second, point)[0] == pytest.approx(_logp(first, point)[0], rel=1e-12)
     # another graph (another prior constant) is another cache entry, not a stale load
     other_model = _model(*_data(0), prior_sd=2.0)
-    other = compile_numba_model(other_model)
+    other, _ = compile_numba_model(other_model)
     assert other.compiled_logp_func.cache_hits == 0
     expected = other_model.compile_logp()(other_model.initial_point())
     start = _flat(other, other_model.initial_point())
@@ -127,11 +137,12 @@ def _flat(compiled, point: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def test_new_data_give_the_new_models_density(cache_dir):
-    compiled = compile_numba_model(_model(*_data(0)))
+    compiled, _ = compile_numba_model(_model(*_data(0)))
     y, x, group, _ = _data(5)
     swapped = compiled.with_data(y_obs=y, x=x, group_idx=group, scale=3.0)
     fresh_model = _model(y, x, group, 3.0)
-    fresh = compile_numba_model(fresh_model)
+    nutpie_cache.clear_compiled()
+    fresh, _ = compile_numba_model(fresh_model)
     point = np.random.default_rng(3).normal(size=compiled.n_dim)
     assert _logp(swapped, point)[0] == pytest.approx(_logp(fresh, point)[0], rel=1e-12)
     assert _logp(swapped, point)[0] != pytest.approx(_logp(compiled, point)[0], rel=1e-6)
@@ -144,7 +155,7 @@ def test_the_sampler_recovers_a_regression(cache_dir):
     import nutpie
 
     y, x, group, _ = _data(0, n=400)
-    compiled = compile_numba_model(_model(y, x, group, 1.0))
+    compiled, _ = compile_numba_model(_model(y, x, group, 1.0))
     post = nutpie.sample(compiled, draws=300, tune=300, chains=2, seed=1, progress_bar=False)
     beta = post.posterior["beta"].mean(("chain", "draw"))
     assert list(beta["coef"].values) == ["a", "b"]
@@ -153,28 +164,31 @@ def test_the_sampler_recovers_a_regression(cache_dir):
 
 
 def test_callback_source_names_each_data_slot():
-    src = callback_source("logp", 7, 7, ["s0", "s1", "s2"], [2, 1, 0])
+    src = callback_source("logp", ["s0", "s1", "s2"], [2, 1, 0])
     assert "def callback(dim, x_, out_, logp_, user_data_):" in src
     assert "FN(x, a0, a1, a2)" in src
     assert 'a0 = d0.reshape((int(shared["shape"]["s0"][0]), int(shared["shape"]["s0"][1])))' in src
     assert 'a1 = d1.reshape((int(shared["shape"]["s1"][0]),))' in src
     assert "a2 = d2.reshape(())" in src
     compile(src, "<test>", "exec")  # valid Python
-    expand = callback_source("expand", 7, 12, [], [])
-    assert "expanded != 12" in expand and "FN(x)" in expand
+    expand = callback_source("expand", [], [])
+    assert "numba.carray(out_, (expanded,))" in expand and "FN(x)" in expand
+    # nothing of a design's size is in the text: one cache entry serves every size
+    assert not any(ch.isdigit() for line in src.splitlines() if "carray(x_" in line for ch in line)
     with pytest.raises(ValueError, match="kind"):
-        callback_source("hessian", 1, 1, [], [])
+        callback_source("hessian", [], [])
 
 
 def test_an_unreadable_cache_entry_falls_back_to_compiling(cache_dir):
     before = set(cache_dir.glob("*callback*.nbc"))
-    first = compile_numba_model(_model(*_data(0), prior_sd=3.0))
+    first, _ = compile_numba_model(_model(*_data(0), prior_sd=3.0))
     entries = set(cache_dir.glob("*callback*.nbc")) - before
     assert entries  # the density's callback is new (the stored values' may be shared)
     for path in entries:
         path.write_bytes(b"not a numba cache entry")
+    nutpie_cache.clear_compiled()
     with pytest.warns(UserWarning, match="not cached"):
-        second = compile_numba_model(_model(*_data(0), prior_sd=3.0))
+        second, _ = compile_numba_model(_model(*_data(0), prior_sd=3.0))
     point = np.random.default_rng(4).normal(size=first.n_dim)
     assert _logp(second, point)[0] == pytest.approx(_logp(first, point)[0], rel=1e-12)
 
@@ -185,7 +199,7 @@ def test_without_a_graph_cache_key_the_callbacks_are_compiled_uncached(cache_dir
     before = set(cache_dir.glob("*callback*"))
     model = _model(*_data(0), prior_sd=5.0)
     with pytensor.config.change_flags(numba__cache=False):  # PyTensor gives no cache key
-        compiled = compile_numba_model(model)
+        compiled, _ = compile_numba_model(model)
     assert set(cache_dir.glob("*callback*")) == before  # nothing written
     start = _flat(compiled, model.initial_point())
     expected = float(model.compile_logp()(model.initial_point()))
@@ -206,7 +220,7 @@ def test_missing_private_names_fall_back_to_nutpies_public_compilation(cache_dir
     monkeypatch.delattr(pt_cache, "compile_numba_function_src")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compiled = compile_numba_model(model, var_names=["beta"])
+        compiled, _ = compile_numba_model(model, var_names=["beta"])
     ours = [w for w in caught if issubclass(w.category, NutpiePrivateAPIWarning)]
     assert len(ours) == 1
     text = str(ours[0].message)
@@ -228,13 +242,87 @@ def test_a_renamed_nutpie_name_is_reported_and_reuse_still_swaps_the_data(monkey
 
     names = (*nutpie_cache.NUTPIE_PRIVATE_NAMES, "_renamed_in_a_later_version")
     monkeypatch.setattr(nutpie_cache, "NUTPIE_PRIVATE_NAMES", names)
-    monkeypatch.setattr(sampling, "_NUTPIE_CACHE", [])
     with pytest.warns(NutpiePrivateAPIWarning, match="_renamed_in_a_later_version"):
-        first = sampling.compile_nutpie(_model(*_data(0), prior_sd=4.0), "numba")
+        first, info = sampling.compile_nutpie(_model(*_data(0), prior_sd=4.0), "numba")
+    assert info.source == "nutpie"
     y, x, group, _ = _data(6)
     fresh_model = _model(y, x, group, 2.0, prior_sd=4.0)
-    again = sampling.compile_nutpie(fresh_model, "numba")  # reused: no new compilation
-    assert again is not first and len(sampling._NUTPIE_CACHE) == 1
+    with pytest.warns(NutpiePrivateAPIWarning):
+        again, info = sampling.compile_nutpie(fresh_model, "numba")  # reused, not compiled
+    assert again is not first and info.source == "reused"
+    assert again.compiled_logp_func is first.compiled_logp_func
     start = _flat(again, fresh_model.initial_point())
     expected = float(fresh_model.compile_logp()(fresh_model.initial_point()))
     assert _logp(again, start)[0] == pytest.approx(expected, rel=1e-10)
+
+
+def _sizes_model(n: int, n_groups: int, seed: int, prior_sd: float = 10.0):
+    rng = np.random.default_rng(seed)
+    import pymc as pm
+
+    x = rng.normal(size=(n, 2))
+    group = rng.integers(0, n_groups, n).astype("int32")
+    y = x @ np.array([1.0, -0.5]) + rng.normal(size=n)
+    coords = {"obs": np.arange(n), "coef": ["a", "b"], "group": [f"g{i}" for i in range(n_groups)]}
+    with pm.Model(coords=coords) as m:
+        xd = pm.Data("x", x, dims=("obs", "coef"))
+        gd = pm.Data("group_idx", group, dims="obs")
+        yd = pm.Data("y_obs", y, dims="obs")
+        beta = pm.Normal("beta", 0.0, prior_sd, dims="coef")
+        u = pm.ZeroSumNormal("u", 1.0, dims="group")  # a transform that drops one value
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Deterministic("u_scaled", u * sigma, dims="group")
+        pm.Normal("y", xd @ beta + u[gd], sigma, observed=yd, dims="obs")
+    return m
+
+
+def test_one_compilation_serves_data_of_any_size(cache_dir):
+    small, info = compile_numba_model(_sizes_model(30, 3, 0, prior_sd=6.0))
+    assert info.source == "compiled" and info.any_size
+    model = _sizes_model(70, 5, 1, prior_sd=6.0)  # more rows and more groups
+    big, info = compile_numba_model(model)
+    assert info.source == "reused"
+    assert big.compiled_logp_func is small.compiled_logp_func
+    assert (small.n_dim, big.n_dim) == (2 + 2 + 1, 2 + 4 + 1)
+    assert big.shape_info[2][big.shape_info[0].index("u_scaled")] == (5,)
+    start = _flat(big, model.initial_point())
+    expected = float(model.compile_logp()(model.initial_point()))
+    assert _logp(big, start)[0] == pytest.approx(expected, rel=1e-10)
+    point = np.random.default_rng(3).normal(size=big.n_dim)
+    grad = _logp(big, point)[1]
+    dlogp = model.compile_dlogp()(_unflat(big, point))
+    np.testing.assert_allclose(grad, dlogp, rtol=1e-9)
+    # the stored values of the larger design, in nutpie's layout
+    # free values, then u, sigma and u_scaled
+    assert _expand(big, point).shape == (big.n_expanded,) == (7 + 5 + 1 + 5,)
+
+
+def _unflat(compiled, x: np.ndarray) -> dict[str, np.ndarray]:
+    names, slices, shapes = compiled.shape_info
+    n = compiled.n_dim
+    return {
+        name: x[sl].reshape(shape)
+        for name, sl, shape in zip(names, slices, shapes, strict=True)
+        if sl.stop <= n
+    }
+
+
+def test_same_seed_same_draws_whether_compiled_loaded_or_reused(cache_dir):
+    import nutpie
+
+    def draws(compiled):
+        post = nutpie.sample(compiled, draws=60, tune=60, chains=2, seed=9, progress_bar=False)
+        return post.posterior["beta"].values
+
+    model = _sizes_model(40, 3, 2, prior_sd=8.0)
+    compiled, info = compile_numba_model(model)
+    assert info.source == "compiled"
+    fresh = draws(compiled)
+    nutpie_cache.clear_compiled()
+    loaded, info = compile_numba_model(_sizes_model(40, 3, 2, prior_sd=8.0))
+    assert info.source == "disk cache"
+    compile_numba_model(_sizes_model(25, 4, 3, prior_sd=8.0))  # another size in between
+    reused, info = compile_numba_model(_sizes_model(40, 3, 2, prior_sd=8.0))
+    assert info.source == "reused"
+    np.testing.assert_array_equal(draws(loaded), fresh)
+    np.testing.assert_array_equal(draws(reused), fresh)

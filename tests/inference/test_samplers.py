@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from caltars_bayes.inference import sampling
+from caltars_bayes.inference import nutpie_cache, sampling
 from caltars_bayes.inference.fit import fit_model
 
 
@@ -54,10 +54,10 @@ def test_nutpie_reuses_a_compilation_with_new_data():
     import nutpie
 
     rng = np.random.default_rng(0)
-    sampling._NUTPIE_CACHE.clear()
-    first = sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 50)), "numba")
-    second = sampling.compile_nutpie(_normal_model(rng.normal(5.0, 1.0, 50)), "numba")
-    assert len(sampling._NUTPIE_CACHE) == 1  # reused, not compiled again
+    nutpie_cache.clear_compiled()
+    first, _ = sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 50)), "numba")
+    second, info = sampling.compile_nutpie(_normal_model(rng.normal(5.0, 1.0, 50)), "numba")
+    assert info.source == "reused"  # not compiled again
     assert second.compiled_logp_func is first.compiled_logp_func
     means = [
         float(nutpie.sample(c, draws=300, tune=200, chains=1, seed=1, progress_bar=False)
@@ -65,12 +65,14 @@ def test_nutpie_reuses_a_compilation_with_new_data():
         for c in (first, second)
     ]  # fmt: skip
     assert abs(means[0]) < 0.5 and abs(means[1] - 5.0) < 0.5
-    # another prior constant or another data shape is another model
-    sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 50), prior_sd=2.0), "numba")
-    assert len(sampling._NUTPIE_CACHE) == 2
-    sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 40)), "numba")
-    assert len(sampling._NUTPIE_CACHE) == 3
-    sampling._NUTPIE_CACHE.clear()
+    # another prior constant is another model; another data size is the same model
+    _, info = sampling.compile_nutpie(
+        _normal_model(rng.normal(0.0, 1.0, 50), prior_sd=2.0), "numba"
+    )
+    assert info.source != "reused" and len(nutpie_cache._COMPILED) == 2
+    _, info = sampling.compile_nutpie(_normal_model(rng.normal(0.0, 1.0, 40)), "numba")
+    assert info.source == "reused" and len(nutpie_cache._COMPILED) == 2
+    nutpie_cache.clear_compiled()
 
 
 def _model_with_deterministics(y: np.ndarray):
@@ -115,7 +117,7 @@ def test_deterministics_after_sampling_equal_those_stored_while_sampling(backend
     # nutpie stored fewer values per draw (numba models say how many), and the
     # computation was timed
     if backend == "numba":
-        assert compiled[1].n_expanded < compiled[0].n_expanded
+        assert compiled[1][0].n_expanded < compiled[0][0].n_expanded
     assert "deterministics_s" in timings["after"] and "deterministics_s" not in timings["during"]
     # "auto": by the size of the deterministics' draws over all iterations
     assert not sampling.deterministics_after(model, "auto", chains=4, iterations=2000)
@@ -125,18 +127,23 @@ def test_deterministics_after_sampling_equal_those_stored_while_sampling(backend
         sampling.deterministics_after(model, "later", chains=4, iterations=2000)
 
 
-def test_alliance_models_of_one_design_share_a_compilation(calpas):
-    from caltars_bayes.inference import sampling
+def test_alliance_models_of_any_size_share_a_compilation(calpas):
     from caltars_bayes.model.build import AllianceModel
     from caltars_bayes.model.simulate import simulate_trial
 
-    def sig(n_subjects: int, seed: int) -> dict:
-        trial = simulate_trial(calpas, n_subjects=n_subjects, n_sessions=2, n_judges=2, seed=seed)
-        return sampling._signature(AllianceModel(trial.to_rating_data()).model)
+    def sig(n_subjects: int, seed: int, any_size: bool = True) -> dict:
+        trial = simulate_trial(
+            calpas, n_subjects=n_subjects, n_sessions=2, n_judges=2, seed=seed,
+            subject_covariates={"x": {"PC": 0.5}}, covariate_missing_rate=0.5,
+        )  # fmt: skip
+        model = AllianceModel(trial.to_rating_data()).model
+        return nutpie_cache.model_signature(model, None, any_size)
 
-    a = sig(6, 1)
-    assert sampling._same_model(a, sig(6, 2))  # new ratings, same design
-    assert not sampling._same_model(a, sig(7, 2))  # one more subject
+    a = sig(12, 1)
+    assert nutpie_cache.same_model(a, sig(12, 2))  # new ratings, same design
+    assert nutpie_cache.same_model(a, sig(16, 2))  # more subjects, other missing covariates
+    # code specific to the sizes (nutpie's own layout) is not shared across sizes
+    assert not nutpie_cache.same_model(sig(12, 1, False), sig(16, 2, False))
 
 
 def test_chains_sample_with_one_blas_thread(tiny_data, monkeypatch):

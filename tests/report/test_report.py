@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import dataclasses
+import io
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 
 matplotlib.use("Agg")
 
+from test_latex import compile_in_article, latex_problems
+
 from caltars_bayes._core.summaries import describe
 from caltars_bayes.cli import main
 from caltars_bayes.report.build import build_report
@@ -22,7 +25,7 @@ from caltars_bayes.report.document import figure_dir, render
 from caltars_bayes.report.elements import apa_number, apa_p
 from caltars_bayes.report.methods import _sampler_settings_text, methods_paragraph
 from caltars_bayes.report.outputs import save_fit_directory
-from caltars_bayes.report.plots import flagged_parameters, plot_judges
+from caltars_bayes.report.plots import flagged_parameters, judge_draws, plot_judges
 from caltars_bayes.report.render_latex import latex_escape
 from caltars_bayes.report.sections_results import (
     ASSOCIATION_COLUMNS,
@@ -33,6 +36,7 @@ from caltars_bayes.report.sections_results import (
     RELIABILITY_COLUMNS,
 )
 from caltars_bayes.spec.hypotheses import Hypotheses, Hypothesis
+from caltars_bayes.spec.instrument import models_dir
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -104,15 +108,21 @@ def _html_table(text: str, name: str) -> tuple[list[str], list[list[str]]]:
 
 
 def _latex_table(text: str, name: str) -> tuple[list[str], list[list[str]], str]:
+    """Heading cells, body rows and the text under a LaTeX table (a float or a longtable)."""
     m = re.search(
-        rf"\\label\{{tab:{name}\}}.*?\\midrule\n(.*?)\\bottomrule\n\\end\{{tabular\}}(.*?)\\end\{{table\}}",
+        rf"\\label\{{tab:{name}\}}.*?\\toprule\n(.*?) \\\\\n\\midrule\n(.*?)"
+        r"\\end\{(?:tabular\}\}|longtable\})(.*?)(?:\\end\{table\}|\n\}\n)",
         text,
         re.S,
     )
     assert m, f"table {name} missing from the LaTeX"
-    head = re.search(rf"\\label\{{tab:{name}\}}.*?\\toprule\n(.*?) \\\\\n", text, re.S).group(1)
-    rows = [r.rstrip(" \\").split(" & ") for r in m.group(1).strip().split("\n")]
-    return head.split(" & "), rows, m.group(2)
+    body = m.group(2)
+    if r"\endlastfoot" in body:  # a longtable: the rows follow its repeated heading and feet
+        body = body.split("\\endlastfoot\n", 1)[1]
+    body = body.split("\\bottomrule")[0]
+    rows = [r.rstrip(" \\").split(" & ") for r in body.strip().split("\n")]
+    rows = [[c.removesuffix(r" \tabularnewline") for c in r] for r in rows]
+    return m.group(1).split(" & "), rows, m.group(3)
 
 
 def test_report_sections_and_verdict(report, tiny_fit):
@@ -170,16 +180,16 @@ def test_html_is_self_contained_with_banner_and_figures(report, rendered):
     assert "class='banner bad'" in text and "NOT CONVERGED" in text
     # the banner comes before any section
     assert text.index("banner bad") < text.index("id='sec-data'")
-    # self-contained: no external resources
-    assert "<link" not in text and "<script" not in text
-    assert not re.search(r"src=['\"](?!data:)", text)
-    uris = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
-    assert len(uris) == len(report.figures) >= 5
-    for u in uris:
-        assert base64.b64decode(u)[:8] == b"\x89PNG\r\n\x1a\n"
+    # self-contained: no external resources, every figure an inline SVG in its <figure>
+    assert "<link" not in text and "<script" not in text and "<img" not in text
+    assert not re.search(r"(?:src|href)=['\"](?!#|data:)", text)
+    figures = re.findall(r"<figure id='fig-([^']+)'>\s*<svg\b.*?</svg>\s*<figcaption>", text, re.S)
+    assert figures == [f.name for f in report.figures]
+    assert text.count("<svg") == len(report.figures) >= 12
     names = {f.name for f in report.figures}
     assert {"trace_flagged", "rank_flagged", "factor_correlations", "judges", "associations",
-            "dstudy", "ppc"} <= names  # fmt: skip
+            "dstudy", "ppc", "design", "loadings", "reliability", "alliance_sessions",
+            "categories"} <= names  # fmt: skip
     head, rows = _html_table(text, "reliability")
     assert head == RELIABILITY_COLUMNS
     assert len(rows) == len(report.tables["reliability"])
@@ -217,6 +227,9 @@ def test_markdown_links_figures(rendered, report):
         assert f"({folder}/{f.name}.svg)" in text
     assert "| " + " | ".join(RELIABILITY_COLUMNS) + " |" in text
     assert "*Model comparison: omitted" in text
+    # only relative paths, in every format
+    for suffix in (".md", ".html", ".tex"):
+        assert str(rendered.parent) not in rendered.with_suffix(suffix).read_text()
 
 
 def test_latex_booktabs_and_apa_numbers(rendered, report):
@@ -226,24 +239,32 @@ def test_latex_booktabs_and_apa_numbers(rendered, report):
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert text.count(rule) == n_tables
     head, rows, note = _latex_table(text, "reliability")
-    assert len(head) == len(RELIABILITY_COLUMNS)
+    # the HDI's bounds are one column, "[low, high]", as APA tables print an interval
+    shown = [c for c in RELIABILITY_COLUMNS if c != "hdi_high"]
+    assert len(head) == len(shown) and r"95\% HDI" in head[shown.index("hdi_low")]
     assert "NOT converge" in note
     rel = report.tables["reliability"]
-    col = {c: i for i, c in enumerate(RELIABILITY_COLUMNS)}
+    col = {c: i for i, c in enumerate(shown)}
+    number = r"(\$-\$)?\.\d\d|1\.00"  # no leading zero
     for row, (_, r) in zip(rows, rel.iterrows(), strict=True):
-        for c in ("median", "hdi_low", "hdi_high", "classical"):
-            cell = row[col[c]]
-            assert re.fullmatch(r"(\$-\$)?\.\d\d|1\.00", cell), cell  # no leading zero
-            assert cell == apa_number(r[c]).replace("-", "$-$")
+        for c in ("median", "classical"):
+            assert re.fullmatch(number, row[col[c]]), row[col[c]]
+            assert row[col[c]] == apa_number(r[c]).replace("-", "$-$")
+        low, high = (apa_number(r[c]).replace("-", "$-$") for c in ("hdi_low", "hdi_high"))
+        assert row[col["hdi_low"]] == f"[{low}, {high}]"
     # unbounded quantities keep their leading zero (severities, in logits)
     _, jrows, _ = _latex_table(text, "judge_parameters")
     assert any(re.fullmatch(r"(\$-\$)?0\.\d\d", r[3]) for r in jrows)
-    # p values in APA style and the methods paragraph is there
-    _, arows, _ = _latex_table(text, "associations")
-    p_cells = [r[ASSOCIATION_COLUMNS.index("classical_p")] for r in arows]
-    assert all(re.fullmatch(r"(\$<\$ )?\.\d{3}", p) for p in p_cells), p_cells
+    # p values in APA style; P(r < 0) = 1 - P(r > 0) is left out to fit the page
+    ahead, arows, anote = _latex_table(text, "associations")
+    assert len(ahead) == len(ASSOCIATION_COLUMNS) - 2
+    assert r"\textit{P}(\textit{r} $<$ 0) = 1 $-$" in anote
+    assert all(re.fullmatch(r"(\$<\$ )?\.\d{3}", r[-1]) for r in arows), arows
     assert "Methods paragraph" in text and r"\fbox" in text
-    assert "\\includegraphics[width=\\linewidth]{report_figures/dstudy.png}" in text
+    # figures fill the line, at most 80% of the page's height, in proportion
+    size = r"width=\linewidth,height=0.8\textheight,keepaspectratio"
+    assert f"\\includegraphics[{size}]{{report_figures/dstudy.png}}" in text
+    assert text.count(r"\includegraphics[") == text.count(size) == len(report.figures)
 
 
 def test_converged_fit_has_no_warning(tiny_fit):
@@ -350,19 +371,30 @@ def test_flagged_parameters_are_the_offenders(tiny_fit):
     np.testing.assert_array_equal(draws.isel(parameter=0).values, sel.values)
 
 
-def test_plot_judges_draws_the_posterior_medians(tiny_fit):
+def test_plot_judges_is_a_forest_of_the_judges_table(tiny_fit):
+    """The judges figure is arviz_plots' forest plot: its points are the table's medians."""
     import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection
 
     fig = plot_judges(tiny_fit)
     try:
         tab = tiny_fit.judges()
-        sev_ax, disc_ax = fig.axes[:2]
-        points = [ln.get_xdata()[0] for ln in sev_ax.lines if ln.get_marker() == "o"]
-        sev = tab[tab["parameter"] == "severity"]
-        np.testing.assert_allclose(sorted(points), sorted(sev["median"]))
-        points = [ln.get_xdata()[0] for ln in disc_ax.lines if ln.get_marker() == "o"]
-        disc = tab[tab["parameter"] == "discrimination"]
-        np.testing.assert_allclose(sorted(points), sorted(disc["median"]))
+        draws = judge_draws(tiny_fit)
+        assert list(draws.data_vars) == ["severity", "log discrimination"]
+        assert draws["severity"].dims == ("chain", "draw", "scale", "judge")
+        forest = next(ax for ax in fig.axes if ax.get_xlabel().startswith("logits"))
+        points = np.concatenate(
+            [np.asarray(c.get_offsets())[:, 0] for c in forest.collections
+             if isinstance(c, PathCollection)]
+        )  # fmt: skip
+        sev = tab[tab["parameter"] == "severity"]["median"].to_numpy()
+        log_disc = np.median(np.log(tiny_fit.posterior["discrimination"].values), axis=(0, 1))
+        assert len(points) == len(sev) + len(log_disc) == 3 * 4 + 3
+        np.testing.assert_allclose(np.sort(points), np.sort(np.r_[sev, log_disc]))
+        disc = tab[tab["parameter"] == "discrimination"]["median"].to_numpy()
+        np.testing.assert_allclose(np.exp(np.sort(log_disc)), np.sort(disc), rtol=0.02)
+        labels = {t.get_text() for ax in fig.axes for t in ax.texts}
+        assert {"severity", "log discrimination", "J1", "J2", "J3", "PC", "WSC"} <= labels
     finally:
         plt.close(fig)
 
@@ -399,13 +431,22 @@ def test_cli_report_bad_fitdir(tmp_path, capsys):
     assert "nope" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_demo_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, str]:
+    """The demo on a small founding design (CALTARS, the founding covariates and hypotheses):
+    its folder and what it printed. Only the slow tests use it."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
     args = ["demo", "--out", str(out), "--subjects", "12", "--sessions", "2", "--judges", "2",
-            "--draws", "50", "--tune", "50", "--chains", "2", "--quiet"]  # fmt: skip
-    assert main(args) == 0
-    text = capsys.readouterr().out
+            "--draws", "50", "--tune", "50", "--chains", "2"]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return out, printed.getvalue()
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(demo):
+    out, text = demo
     for n in range(1, 7):
         assert f"[{n}/6]" in text
     assert "hypotheses:" in text and "Treatment-level interrater reliability" in text
@@ -414,11 +455,14 @@ def test_demo_end_to_end(tmp_path, capsys):
         "trial/ratings.csv",
         "fit/posterior.nc",
         "fit/hypotheses.csv",
+        "fit/reliability.png",
+        "fit/design.svg",
         "dstudy/dstudy.csv",
         "report.html",
         "report.md",
         "report.tex",
         "report_figures/associations.svg",
+        "report_figures/alliance_sessions.png",
     ]
     for f in files:
         assert (out / f).is_file(), f
@@ -428,6 +472,26 @@ def test_demo_end_to_end(tmp_path, capsys):
     head, rows = _html_table(html, "hypotheses")
     assert head == HYPOTHESIS_COLUMNS and len(rows) == len(hyp)
     assert [r[HYPOTHESIS_COLUMNS.index("verdict")] for r in rows] == list(hyp["verdict"])
+    # the hypotheses file (an absolute path under models/) is named, never located
+    for name in ("report.html", "report.md", "report.tex"):
+        text = (out / name).read_text()
+        assert str(models_dir()) not in text and str(out.parent) not in text, name
+    assert "Hypotheses (caltars-1989-hypotheses.toml)" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_report_tex_compiles_within_the_page(demo, tmp_path):
+    """The demo's report.tex, input into a plain article, compiles with pdflatex with no float
+    taller than the page and no line more than 10 pt too wide (as wide and long as the real
+    demo's tables: 5 scales, 30 items, 9 covariates, 23 hypotheses)."""
+    out, _ = demo
+    tex = (out / "report.tex").read_text()
+    _, arows, _ = _latex_table(tex, "associations")
+    _, hrows, _ = _latex_table(tex, "hypotheses")
+    _, lrows, _ = _latex_table(tex, "loadings")
+    assert (len(arows), len(hrows), len(lrows)) == (45, 23, 30)
+    log = compile_in_article(out / "report.tex", tmp_path)
+    assert latex_problems(log) == []
 
 
 def test_fit_displays_verdict_and_scale_tables(tiny_fit):

@@ -7,6 +7,7 @@ second trial from the same parameters and compare with a joint refit.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -414,6 +415,28 @@ def test_one_subject_one_session_one_judge(calpas, small_trial):
     assert set(res.new_judges["judge"]) == {"X"} and not res.new_judges["flagged"].any()
 
 
+def test_score_progress_counts_the_calibration_draws(small_trial, monkeypatch):
+    """One progress line per chunk of calibration draws, ending at all of them; the
+    progress does not change the scores."""
+    from caltars_bayes.scoring import engine
+
+    cal = oracle_calibration(small_trial, n_draws=30)
+    data = small_trial.to_rating_data().subset_subjects(["P01", "P02"])
+    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 7 * int(data.n_ratings))  # chunks of 7 draws
+    silent = score(data, cal, seed=2, progress=False)
+    lines: list[str] = []
+    chunked = score(data, cal, seed=2, progress=lines.append)
+    assert [line.split("]")[0] for line in lines] == [
+        "[7/30",
+        "[14/30",
+        "[21/30",
+        "[28/30",
+        "[30/30",
+    ]
+    assert all("score: calibration draws" in line and "ETA" in line for line in lines)
+    pd.testing.assert_frame_equal(silent, chunked)
+
+
 def test_refuses_other_instrument(caltars, small_trial):
     cal = oracle_calibration(small_trial, n_draws=10)
     other = simulate_trial(caltars, n_subjects=2, n_sessions=1, n_judges=1, seed=1)
@@ -456,10 +479,13 @@ def test_cli_calibrate_and_score(tiny_fit, tiny_trial, tmp_path, capsys):
     new = r[r["subject"].isin(["P01", "P02"])].copy()
     new.loc[new["judge"] == "J3", "judge"] = "NEW"
     new.to_csv(ratings, index=False)
-    assert main(["calibrate", str(fitdir), "--out", str(tmp_path / "cal"), "--draws", "40"]) == 0
+    log = tmp_path / "run.log"
+    cal_args = ["calibrate", str(fitdir), "--out", str(tmp_path / "cal"), "--draws", "40"]
+    assert main([*cal_args, "--quiet", "--log", str(log)]) == 0
     for cal_dir in (tmp_path / "cal", fitdir):  # a fit directory works as a calibration too
         out = tmp_path / f"scores_{cal_dir.name}"
-        rc = main(["score", str(ratings), "--calibration", str(cal_dir), "--out", str(out)])
+        args = ["score", str(ratings), "--calibration", str(cal_dir), "--out", str(out)]
+        rc = main([*args, "--quiet", "--log", str(log)])
         assert rc == 0
         sc = pd.read_csv(out / "scores.csv", keep_default_na=False)
         assert list(sc.columns) == [*SCORE_COLUMNS, "converged"]
@@ -467,8 +493,17 @@ def test_cli_calibrate_and_score(tiny_fit, tiny_trial, tmp_path, capsys):
         nj = pd.read_csv(out / "new_judges.csv")
         assert set(nj["judge"]) == {"NEW"}
         assert (out / "data_report.json").is_file() and (out / "score_report.json").is_file()
-    printed = capsys.readouterr().out
-    assert "NOT CONVERGED" in printed and "judge NEW" in printed
+    printed = capsys.readouterr()
+    assert "NOT CONVERGED" in printed.out and "judge NEW" in printed.out
+    # --quiet: no progress on the terminal; the log has it, and every printed line
+    assert "score: calibration draws" not in printed.err + printed.out
+    logged = [line[20:] for line in log.read_text().splitlines()]  # after the timestamp
+    assert logged[0].startswith("caltars-bayes calibrate ") and "keeping 40 of its draws" in logged
+    assert set(printed.out.splitlines()) <= set(logged)
+    done = [x.split("]")[0] for x in logged if re.match(r"\[(\d+)/\1\] score: calibration", x)]
+    # the last line of each score run counts all its calibration draws: the 40 kept,
+    # and the tiny fit's 2 x 60 when its directory is the calibration
+    assert done == ["[40/40", "[120/120"]
     rc = main(["score", str(ratings), "--calibration", str(tmp_path / "cal"), "--out", str(out)])
     assert rc == 2 and "--force" in capsys.readouterr().err
 

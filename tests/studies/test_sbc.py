@@ -19,7 +19,6 @@ from caltars_bayes.studies.sbc import (
     SBCConfig,
     design_data,
     draw_from_prior,
-    ecdf_band,
     plot_ecdf_differences,
     quantity_arrays,
     run_sbc,
@@ -27,6 +26,7 @@ from caltars_bayes.studies.sbc import (
     uniformity_tests,
     with_ratings,
 )
+from caltars_bayes.studies.sbc_uniformity import pit_dataset, pit_values, pot_c_p_value
 
 TINY_TOML = """
 [instrument]
@@ -72,13 +72,16 @@ def test_sbc_ranks_by_hand():
         sbc_ranks(np.zeros(2), draws, 11, rng)
 
 
-def test_chi_square_by_hand():
-    # L = 3 (ranks 0..3), 2 bins {0,1} {2,3}; 8 ranks: 6 in the low bin, 2 in the high one
-    df = pd.DataFrame({"variable": "v", "quantity": "v", "rank": [0, 0, 1, 1, 0, 1, 2, 3]})
-    t = uniformity_tests(df, 3, bins=2).iloc[0]
-    assert t["chi2"] == pytest.approx((6 - 4) ** 2 / 4 + (2 - 4) ** 2 / 4)
-    assert t["ecdf_max_dev"] == pytest.approx(abs(6 / 8 - 2 / 4))
-    assert t["mean_rank"] == pytest.approx(1.0 / 3)
+def test_pit_values_spread_each_rank_over_its_own_interval():
+    L = 3
+    r = np.array([0, 0, 1, 1, 0, 1, 2, 3])
+    u = pit_values(r, L)
+    assert ((u >= r / (L + 1)) & (u < (r + 1) / (L + 1))).all()
+    np.testing.assert_array_equal(u, pit_values(r, L))  # seeded by (n, L)
+    # uniform ranks give uniform PIT values: mean 1/2, variance 1/12 (n = 4000)
+    big = pit_values(np.random.default_rng(0).integers(0, L + 1, size=4000), L)
+    assert abs(big.mean() - 0.5) < 4 * np.sqrt(1 / 12 / 4000)
+    assert abs(big.var() - 1 / 12) < 0.005
 
 
 def test_uniform_ranks_pass_and_biased_ranks_fail():
@@ -94,18 +97,20 @@ def test_uniform_ranks_pass_and_biased_ranks_fail():
         }
     )
     t = uniformity_tests(df, L).set_index("quantity")
-    assert not t.loc["good", "fails"] and t.loc["good", "chi2_p"] > 0.001
-    assert t.loc["skew", "fails"] and t.loc["skew", "ecdf_p"] < 0.001
-    # arviz-stats' POT-C test, beside ours: same verdicts
-    assert t.loc["good", "pot_c_p"] > 0.05 and t.loc["skew", "pot_c_p"] < 0.001
-    # the simultaneous band holds all n-sample uniform ECDFs 95% of the time
-    c = ecdf_band(n, L)
-    devs = []
-    for _ in range(300):
-        r = rng.integers(0, L + 1, size=n)
-        ecdf = np.cumsum(np.bincount(r, minlength=L + 1)) / n
-        devs.append(np.abs(ecdf - (np.arange(L + 1) + 1) / (L + 1)).max())
-    assert 0.90 <= np.mean(np.array(devs) <= c) <= 0.99
+    assert t.attrs["level"] == pytest.approx(0.05 / 2)  # Bonferroni over 2 quantities
+    assert not t.loc["good", "fails"] and t.loc["good", "pot_c_p"] > 0.05
+    assert t.loc["skew", "fails"] and t.loc["skew", "pot_c_p"] < 0.001
+    assert t.loc["skew", "mean_rank"] > 0.55 and abs(t.loc["good", "mean_rank"] - 0.5) < 0.05
+    assert t.loc["good", "pot_c_p"] == pot_c_p_value(good, L)
+    assert np.isnan(t["low_ess_share"]).all()
+    # the verdict reads the ranks in simulation order, whatever the row order
+    df["sim"] = np.tile(np.arange(n), 2)
+    shuffled = df.sample(frac=1.0, random_state=3)
+    again = uniformity_tests(shuffled, L).set_index("quantity")
+    assert (
+        again.loc[["good", "skew"], "pot_c_p"].tolist()
+        == t.loc[["good", "skew"], "pot_c_p"].tolist()
+    )
 
 
 def _conjugate_sbc(n_sims: int, sd_factor: float, rng) -> pd.DataFrame:
@@ -127,17 +132,16 @@ def _conjugate_sbc(n_sims: int, sd_factor: float, rng) -> pd.DataFrame:
 def test_sbc_detects_a_miscalibrated_posterior_without_mcmc():
     rng = np.random.default_rng(7)
     right = uniformity_tests(_conjugate_sbc(300, 1.0, rng), 99).iloc[0]
-    narrow = uniformity_tests(_conjugate_sbc(300, 0.5, rng), 99).iloc[0]
-    assert not right["fails"]
-    assert narrow["fails"] and narrow["chi2_p"] < 1e-4  # U-shaped ranks
-    assert right["pot_c_p"] > 0.05 and narrow["pot_c_p"] < 1e-4
+    narrow = uniformity_tests(_conjugate_sbc(300, 0.5, rng), 99).iloc[0]  # U-shaped ranks
+    wide = uniformity_tests(_conjugate_sbc(300, 2.0, rng), 99).iloc[0]  # central ranks
+    assert not right["fails"] and right["pot_c_p"] > 0.05
+    assert narrow["fails"] and narrow["pot_c_p"] < 1e-4
+    assert wide["fails"] and wide["pot_c_p"] < 1e-4
 
 
 def test_pot_c_is_a_level_alpha_test_on_uniform_ranks():
     """Under uniform ranks the POT-C p-value rejects at 5% about 5% of the time;
     ranks too central (an over-wide posterior) are rejected nearly always."""
-    from caltars_bayes.studies.sbc import pot_c_p_value
-
     rng = np.random.default_rng(11)
     n, L = 100, 49
     p_null = [pot_c_p_value(rng.integers(0, L + 1, size=n), L) for _ in range(400)]
@@ -147,17 +151,32 @@ def test_pot_c_is_a_level_alpha_test_on_uniform_ranks():
     assert pot_c_p_value(np.arange(n) % (L + 1), L) == pot_c_p_value(np.arange(n) % (L + 1), L)
 
 
-def test_plot_ecdf_differences_returns_a_figure():
+def test_ecdf_figure_has_a_labelled_panel_per_quantity_with_its_p_value():
     rng = np.random.default_rng(2)
+    n, L = 40, 9
     df = pd.DataFrame(
         {
-            "variable": np.repeat(["a", "b"], 40),
-            "quantity": np.repeat(["a[1]", "b"], 40),
-            "rank": rng.integers(0, 10, size=80),
+            "sim": np.tile(np.arange(n), 3),
+            "variable": np.repeat(["a", "a", "b"], n),
+            "quantity": np.repeat(["a[x, 1]", "a[y, 1]", "b"], n),
+            "rank": np.r_[rng.integers(0, L + 1, 2 * n), np.full(n, L)],  # b: all at the top
         }
     )
-    fig = plot_ecdf_differences(df, 9)
-    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["a", "b"]
+    ds = pit_dataset(df, L, ["a", "b"])
+    assert list(ds["a"]["a_q"].values) == ["x, 1", "y, 1"] and ds["b"].dims == ("sim",)
+    fig = plot_ecdf_differences(df, L)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == ["a\nx, 1", "a\ny, 1", "b"]
+    tests = uniformity_tests(df, L).set_index("quantity")
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    for q in ("a[x, 1]", "a[y, 1]", "b"):
+        p = tests.loc[q, "pot_c_p"]
+        assert f"p={p:.3f}" + (" fails" if tests.loc[q, "fails"] else "") in texts
+    assert tests.loc["b", "fails"]
+    # the simultaneous band is drawn in every panel
+    for ax in fig.axes:
+        if ax.get_title():
+            assert any("PolyCollection" in type(c).__name__ for c in ax.collections)
 
 
 # --------------------------------------------------------------------------- prior draws

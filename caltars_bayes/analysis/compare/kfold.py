@@ -9,6 +9,11 @@ K-fold therefore estimates the same quantity as the session PSIS-LOO (with
 slightly less training data). Leaving out whole *subjects* instead would
 need, for every draw, an integral over the new subject's correlated factors;
 it is not offered.
+
+The K-fold bookkeeping (refit per fold, held-out elpd per unit, their sum,
+SE and effective number of parameters) is ``arviz_stats.loo_kfold``, given
+our folds and a :class:`RefitWrapper` that refits with
+:func:`~caltars_bayes.inference.fit.fit_model` and scores the held-out units.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from arviz_stats import loo_kfold
+from arviz_stats.loo import SamplingWrapper
 from arviz_stats.utils import ELPDDataLOOKFold
-from scipy.special import logsumexp
 
 from caltars_bayes._core.errors import CaltarsError
 from caltars_bayes._core.progress import Progress
@@ -125,6 +131,14 @@ def kfold_fit(
 ) -> ELPDDataLOOKFold:
     """K-fold cross-validated elpd by refitting the model K times.
 
+    The bookkeeping is ``arviz_stats.loo_kfold`` with our folds (``folds=``)
+    and a :class:`RefitWrapper` that refits the model to each training set
+    and scores the held-out units: a unit's elpd is the log of its predictive
+    density averaged over the refit's draws, ``log mean_s p(y_unit | draw s)``;
+    ``elpd`` is their sum, ``se = sqrt(n var(elpd_i))`` over the ``n`` units,
+    and ``p`` is the in-sample lpd (the same average over the full fit's
+    draws) minus ``elpd``.
+
     Parameters
     ----------
     fit : the model fitted to all data (its settings are reused for the refits).
@@ -144,7 +158,8 @@ def kfold_fit(
     Returns
     -------
     arviz_stats ``ELPDDataLOOKFold`` with ``elpd``, ``se``, ``p`` (in-sample lpd
-    minus elpd), ``elpd_i`` over the units, ``n_folds``.
+    minus elpd), ``elpd_i`` and ``p_kfold_i`` over the units, ``n_folds`` (the
+    folds that hold some unit) and ``n_samples`` (draws of the full fit).
     """
     data = fit.data
     if by not in ("session", "rating"):
@@ -157,10 +172,8 @@ def kfold_fit(
         )
     if by == "session":
         unit_fold = session_folds(data, n_folds, seed)
-        rating_fold = unit_fold[np.asarray(data.session_idx)]
     else:
-        rating_fold = rating_folds(data, n_folds, seed)
-        unit_fold = rating_fold
+        unit_fold = rating_folds(data, n_folds, seed)
     opts: dict[str, Any] = {
         "draws": fit.record.draws,
         "tune": fit.record.tune,
@@ -171,87 +184,101 @@ def kfold_fit(
     if fit.record.target_accept:
         opts["nuts"] = {"target_accept": fit.record.target_accept}
     opts.update(fit_options or {})
-    dim, labels = _units(data, by)
-    elpd_i = np.full(len(labels), np.nan)
     tracker = (
         nullcontext(progress)
         if progress is not None
         else Progress("K-fold refit", n_folds, quiet=quiet)
     )
     with tracker as bar:
-        n_samples = _refit_folds(
-            fit, by, n_folds, seed, opts, rating_fold, unit_fold, elpd_i, bar, name
-        )
-    lpd_i = _in_sample_lpd(fit, by)
-    n = len(labels)
-    elpd = float(elpd_i.sum())
-    se = float(np.sqrt(n * np.var(elpd_i)))
-    coords = {dim: labels}
-    return ELPDDataLOOKFold(
-        elpd=elpd,
-        se=se,
-        p=float(lpd_i.sum() - elpd),
-        n_samples=n_samples,
-        n_data_points=n,
-        scale="log",
-        warning=False,
-        good_k=None,  # type: ignore[arg-type]  # K-fold: no Pareto k
-        elpd_i=xr.DataArray(elpd_i, dims=(dim,), coords=coords),
-        pareto_k=None,  # type: ignore[arg-type]
-        n_folds=n_folds,
-        p_kfold_i=xr.DataArray(lpd_i - elpd_i, dims=(dim,), coords=coords),
-    )
+        empty = n_folds - len(np.unique(unit_fold))
+        if empty:  # a fold without units is no refit; count it at once
+            bar.advance(empty)
+        wrapper = RefitWrapper(fit, by, unit_fold, n_folds, seed, opts, bar, name)
+        return loo_kfold(_in_sample_tree(fit, by), wrapper, pointwise=True, folds=unit_fold)
 
 
-def _in_sample_lpd(fit: Fit, by: str) -> np.ndarray:
+def _in_sample_tree(fit: Fit, by: str) -> xr.DataTree:
+    """The full fit's unit log likelihoods as the ``log_likelihood`` group ``loo_kfold`` reads."""
     ll = _unit_loglik(fit, by, marginal=by == "session")
-    return logsumexp(ll, axis=0) - np.log(ll.shape[0])
+    dim, labels = _units(fit.data, by)
+    da = xr.DataArray(ll[None], dims=("chain", "draw", dim), coords={dim: labels})
+    return xr.DataTree.from_dict({"log_likelihood": xr.Dataset({"unit": da})})
 
 
-def _refit_folds(
-    fit: Fit,
-    by: str,
-    n_folds: int,
-    seed: int,
-    opts: dict[str, Any],
-    rating_fold: np.ndarray,
-    unit_fold: np.ndarray,
-    elpd_i: np.ndarray,
-    bar: Progress,
-    name: str,
-) -> int:
-    """Refit each fold's training data and fill ``elpd_i`` of its held-out units.
+class RefitWrapper(SamplingWrapper):
+    """Refits of one model for ``arviz_stats.loo_kfold``, one per fold.
 
-    Returns the number of posterior draws of the refits.
+    ``loo_kfold`` calls, per fold, :meth:`sel_observations` (the held-out
+    units' indices -> training and held-out ratings), :meth:`sample` (refit
+    with :func:`~caltars_bayes.inference.fit.fit_model`, seed
+    ``fit seed + 1000 x fold``), :meth:`get_inference_data` and
+    :meth:`log_likelihood__i` (log density of each held-out unit per refit
+    draw; sessions: their deviations integrated out). Each refit is one step
+    of ``bar``.
     """
-    data = fit.data
-    base_seed = int(fit.record.random_seed)
-    n_samples = 0
-    for f in range(n_folds):
-        held = rating_fold == f
-        bar.working(f"{name}, fold {f + 1} of {n_folds}")
-        if not held.any():
-            bar.advance()
-            continue
-        train = _train_data(data, ~held)
-        refit = fit_model(train, random_seed=base_seed + 1000 * (f + 1), **opts)
-        train_times = np.asarray(train.sessions["session_time"], dtype=float)
+
+    def __init__(
+        self,
+        fit: Fit,
+        by: str,
+        unit_fold: np.ndarray,
+        n_folds: int,
+        seed: int,
+        opts: dict[str, Any],
+        bar: Progress,
+        name: str,
+    ) -> None:
+        super().__init__(model=None)
+        self.fit, self.by, self.unit_fold, self.n_folds = fit, by, unit_fold, n_folds
+        self.seed, self.opts, self.bar, self.name = seed, opts, bar, name
+
+    def _held(self, idx: np.ndarray) -> np.ndarray:
+        """The ratings of the held-out units ``idx`` (a boolean mask over the ratings)."""
+        if self.by == "session":
+            return np.isin(np.asarray(self.fit.data.session_idx), idx)
+        held = np.zeros(self.fit.data.n_ratings, dtype=bool)
+        held[idx] = True
+        return held
+
+    def sel_observations(self, idx: np.ndarray) -> tuple[Any, Any]:
+        """(fold, training ratings mask), (fold, held-out ratings mask, held-out units)."""
+        fold = int(self.unit_fold[idx[0]])  # ours (0-based), whatever loo_kfold numbers it
+        held = self._held(idx)
+        return (fold, ~held), (fold, held, np.asarray(idx))
+
+    def sample(self, modified_observed_data: Any) -> Fit:
+        """Refit the model to the training ratings (one progress step starts)."""
+        fold, keep = modified_observed_data
+        self.bar.working(f"{self.name}, fold {fold + 1} of {self.n_folds}")
+        train = _train_data(self.fit.data, keep)
+        seed = int(self.fit.record.random_seed) + 1000 * (fold + 1)
+        return fit_model(train, random_seed=seed, **self.opts)
+
+    def get_inference_data(self, fitted_model: Fit) -> xr.DataTree:
+        """The refit's posterior, with the session time its trend is centred on."""
+        times = np.asarray(fitted_model.data.sessions["session_time"], dtype=float)
+        tree = xr.DataTree.from_dict({"posterior": fitted_model.posterior})
+        tree.attrs["time_mean"] = float(times.mean())
+        return tree
+
+    def log_likelihood__i(self, excluded_obs: Any, idata__i: xr.DataTree) -> xr.DataArray:
+        """Log density of each held-out unit per refit draw: (chain 1, draw, unit)."""
+        fold, held, units = excluded_obs
+        data = self.fit.data
         rows = _Rows(data, held)
         d = posterior_draws(
-            refit.posterior,
+            idata__i["posterior"].to_dataset(),
             rows,  # type: ignore[arg-type]
-            time_mean=float(train_times.mean()),
+            time_mean=idata__i.attrs["time_mean"],
             allow_new_sessions=True,
         )
-        n_samples = d.n_samples
-        rng = np.random.default_rng(seed + f)
-        if by == "session":
-            ll = session_marginal_loglik(d, rows, rng=rng)  # type: ignore[arg-type]
-            units = np.flatnonzero(unit_fold == f)
-            ll = ll[:, units]
+        if self.by == "session":
+            rng = np.random.default_rng(self.seed + fold)
+            ll = session_marginal_loglik(d, rows, rng=rng)[:, units]  # type: ignore[arg-type]
         else:
             ll = rating_loglik(d, rows)  # type: ignore[arg-type]
-            units = np.flatnonzero(held)
-        elpd_i[units] = logsumexp(ll, axis=0) - np.log(ll.shape[0])
-        bar.advance()
-    return n_samples
+        dim, labels = _units(data, self.by)
+        self.bar.advance()
+        return xr.DataArray(
+            ll[None], dims=("chain", "draw", dim), coords={dim: [labels[u] for u in units]}
+        )

@@ -232,7 +232,7 @@ def _table(
             "converged": [bool(fits[n].converged) for n in table.index],
         }
     )
-    # ArviZ reports elpd_diff as best minus model; ours is model minus best (<= 0)
+    # model minus best (<= 0), as arviz-stats >= 1.3 reports it (older releases: best minus model)
     out["elpd_diff"] = out["elpd"] - out["elpd"].iloc[0]
     out.attrs["diagnostics"] = "; ".join(
         f"{n}: {fits[n].diagnostics.banner()}" for n in out["name"]
@@ -241,42 +241,42 @@ def _table(
 
 
 def plot_compare(table: pd.DataFrame) -> Figure:
-    """Plot a comparison table: each model's elpd (+-SE) and its difference from the best (+-dSE).
+    """Plot a comparison table: each model's elpd difference from the best, +- its SE (dSE).
+
+    Drawn by ``arviz_plots.plot_compare`` on the relative scale (best model at
+    0, at the top); each label holds the model's stacking weight and, where
+    PSIS had them, its number of units with Pareto k > 0.7 ("PSIS k" when
+    K-fold replaced PSIS); the x label says how elpd was estimated
+    (``method``) and what was left out.
 
     Returns
     -------
-    matplotlib Figure (one panel; best model at the top).
+    matplotlib Figure (one panel).
     """
-    import matplotlib.pyplot as plt
+    import arviz_plots as azp
 
     tab = table.reset_index(drop=True)
     n = len(tab)
-    fig, ax = plt.subplots(figsize=(6.5, 1.0 + 0.55 * n))
-    y = np.arange(n)[::-1].astype(float)
-    ax.errorbar(
-        tab["elpd"], y, xerr=tab["se"], fmt="o", color="black", mfc="white", capsize=3,
-        label="elpd \u00b1 SE",
-    )  # fmt: skip
-    best = float(tab["elpd"].iloc[0])
-    if n > 1:
-        ax.errorbar(
-            best + tab["elpd_diff"].iloc[1:], y[1:] - 0.22, xerr=tab["dse"].iloc[1:], fmt="^",
-            color="tab:grey", capsize=3, label="difference from best \u00b1 dSE",
-        )  # fmt: skip
-    ax.axvline(best, color="tab:grey", lw=0.8, ls="--")
+    k_label = "PSIS k>0.7" if str(tab["method"].iloc[0]).startswith("kfold") else "k>0.7"
     labels = [
-        f"{r.name}  (w = {r.weight:.2f}{', k>0.7: ' + str(int(r.n_high_k)) if r.n_high_k else ''})"
+        f"{r.name}  (w = {r.weight:.2f}{f', {k_label}: {int(r.n_high_k)}' if r.n_high_k else ''})"
         for r in tab.itertuples()
     ]
-    ax.set_yticks(y, labels)
+    pc = azp.plot_compare(
+        tab.set_axis(labels, axis=0),
+        backend="matplotlib",
+        figure_kwargs={"figsize": (6.5, 1.2 + 0.55 * n), "figsize_units": "inches"},
+    )
+    fig, ax = pc.viz["figure"].item(), pc.viz["plot"].item()
     method = tab["method"].iloc[0] if "method" in tab else ""
     by = tab["by"].iloc[0] if "by" in tab else ""
-    ax.set_xlabel(f"elpd ({method}, leave one {by} out)" if by else "elpd")
-    ax.legend(loc="lower left", fontsize="small", frameon=False)
-    banner = table.attrs.get("diagnostics", "")
+    where = f" ({method}, leave one {by} out)" if by else ""
+    ax.set_xlabel(f"elpd difference from the best \u00b1 dSE{where}")
     if "converged" in tab and not tab["converged"].all():
         ax.set_title("NOT CONVERGED fit(s): read with caution", fontsize="small", color="firebrick")
-    elif banner:
-        ax.set_title("all fits converged", fontsize="small")
+    elif table.attrs.get("diagnostics", ""):
+        ax.set_title("higher is better; all fits converged", fontsize="small")
+    else:
+        ax.set_title("higher is better", fontsize="small")
     fig.tight_layout()
     return fig
