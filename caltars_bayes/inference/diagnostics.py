@@ -57,6 +57,9 @@ class Diagnostics:
     subsampled: dict[str, list[int]] = field(default_factory=dict)
     offenders: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: one line when the fit took more draws than asked for to reach the verdict
+    #: (:mod:`caltars_bayes.inference.extend`); '' otherwise
+    extension: str = ""
     thresholds: dict[str, float] = field(
         default_factory=lambda: {"rhat_max": RHAT_MAX, "ess_min": ESS_MIN, "ebfmi_min": EBFMI_MIN}
     )
@@ -81,12 +84,13 @@ class Diagnostics:
             if self.pareto_k is not None:
                 how += f", Pareto k-hat {self.pareto_k:.2f}"
             return f"WARNING: approximate fit ({how}): intervals are not MCMC posteriors"
+        extended = f" ({self.extension})" if self.extension else ""
         if self.converged:
             return (
                 f"Converged: max R-hat {self.max_rhat:.3f}, min bulk ESS {self.min_ess_bulk:.0f}, "
-                f"min tail ESS {self.min_ess_tail:.0f}, {self.divergences} divergences"
+                f"min tail ESS {self.min_ess_tail:.0f}, {self.divergences} divergences{extended}"
             )
-        return "WARNING: NOT CONVERGED: " + "; ".join(self.problems)
+        return "WARNING: NOT CONVERGED: " + "; ".join(self.problems) + extended
 
     def __str__(self) -> str:
         lines = [self.banner()]

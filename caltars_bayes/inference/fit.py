@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from caltars_bayes.inference.approx import approximate_diagnostics, run_approx
 from caltars_bayes.inference.arviz_tree import LogLikBy, fit_datatree, saved_groups
 from caltars_bayes.inference.diagnostics import Diagnostics, check_convergence
 from caltars_bayes.inference.display import fit_html
+from caltars_bayes.inference.extend import Extension, default_max_draws
 from caltars_bayes.inference.record import (
     FORMAT_VERSION,
     FitRecord,
@@ -245,6 +247,7 @@ def fit_model(
     model: AllianceModel | None = None,
     method: str = "nuts",
     approx: dict[str, Any] | None = None,
+    max_draws: int | None = None,
 ) -> Fit:
     """Fit the joint measurement model to ``data`` with NUTS (or approximately).
 
@@ -271,6 +274,11 @@ def fit_model(
         used), ``diagnostics.approximate`` True, ``converged`` always False, and
         its tables say so; ``record.approximation`` holds the Pareto k-hat.
     approx : options of the approximate method (``caltars_bayes.inference.approx.DEFAULTS``).
+    max_draws : draws per chain a nutpie fit missing the verdict on R-hat or ESS
+        alone may extend to (:mod:`caltars_bayes.inference.extend`; default 4 x
+        ``draws`` for at least 4 x 400 draws in all, else ``draws``: off). The
+        record (``record.extension``) and the banner say so, e.g. "extended to
+        3,000 draws per chain (1,000 asked for) to reach ESS 400".
 
     Returns
     -------
@@ -285,6 +293,7 @@ def fit_model(
     t_build = time.perf_counter() - t0
     nuts = dict(nuts or {})
     target_accept = float(nuts.pop("target_accept", am.options.target_accept))
+    extension = _extension(sampler, draws, chains, max_draws) if method == "nuts" else None
     if method != "nuts":
         dt, timings, info = run_approx(
             pm_model,
@@ -305,22 +314,14 @@ def fit_model(
         if start == "data":
             initvals = starting_values(data, am.plan, am.instrument.n_categories)
         dt, timings = run_nuts(
-            pm_model,
-            initvals=initvals,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            sampler=sampler,
-            random_seed=random_seed,
-            target_accept=target_accept,
-            nuts=nuts,
-            progressbar=progressbar,
-            cores=cores,
-            short_cap=am.plan.short_trajectory_cap,
-        )
+            pm_model, initvals=initvals, draws=draws, tune=tune, chains=chains, sampler=sampler,
+            random_seed=random_seed, target_accept=target_accept, nuts=nuts,
+            progressbar=progressbar, cores=cores, short_cap=am.plan.short_trajectory_cap,
+            max_draws=draws if extension is None else extension.cap,
+            extend=None if extension is None else _extension_check(extension),
+        )  # fmt: skip
         compile_source = str(dt.attrs.get("compile_source", ""))
-        dt = _tidy(dt)
-        diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
+        dt, diag = _verdict(dt, extension, progressbar)
         defaults = sampler_defaults(sampler, am.plan.short_trajectory_cap)
         settings = {"sampler": sampler, "method": "NUTS", "tune": tune, "chains": chains}
         # the options the sampler ran with that the caller did not give
@@ -334,7 +335,8 @@ def fit_model(
     informative = am.informative
     record = FitRecord(
         **settings,
-        draws=draws,
+        draws=diag.n_draws if method == "nuts" else draws,
+        **_extension_fields(extension, diag),
         random_seed=random_seed,
         target_accept=target_accept,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -348,6 +350,47 @@ def fit_model(
         ),
     )
     return Fit(dt, data, am.plan, diag, record)
+
+
+def _extension(sampler: str, draws: int, chains: int, max_draws: int | None) -> Extension | None:
+    """The extension rule of a NUTS fit (None: not extended; nutpie only)."""
+    cap = default_max_draws(draws, chains) if max_draws is None else max(max_draws, draws)
+    return Extension(draws, cap) if sampler == "nutpie" and cap > draws else None
+
+
+def _verdict(
+    dt: xr.DataTree, extension: Extension | None, progressbar: bool
+) -> tuple[xr.DataTree, Diagnostics]:
+    """The fit's groups and verdict, with the extension's line when it was extended."""
+    dt = _tidy(dt)
+    diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
+    if extension is not None and extension.extended:
+        diag.extension = extension.message(diag)
+        if progressbar:
+            print(diag.extension, file=sys.stderr)
+    return dt, diag
+
+
+def _extension_fields(extension: Extension | None, diag: Diagnostics) -> dict[str, Any]:
+    """``max_draws`` and ``extension`` of the fit's record."""
+    if extension is None:
+        return {"max_draws": None, "extension": None}
+    return {
+        "max_draws": extension.cap,
+        "extension": extension.to_record(diag) if extension.extended else None,
+    }
+
+
+def _extension_check(extension: Extension) -> Callable[[xr.DataTree], int | None]:
+    """What :func:`run_nuts` asks at each checkpoint: the verdict on the draws so
+    far, and the next checkpoint (None: stop)."""
+
+    def check(dt: xr.DataTree) -> int | None:
+        dt = _tidy(dt)
+        diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
+        return extension.next_draws(diag)
+
+    return check
 
 
 def _group(dt: xr.DataTree, name: str) -> xr.Dataset | None:

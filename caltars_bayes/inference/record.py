@@ -66,7 +66,8 @@ class FitRecord:
     sampler : ``"nutpie"``, ``"pymc"``, ``"numpyro"`` or ``"blackjax"`` (or the
         approximate method's name).
     method : ``"NUTS"``, or the approximate method (``"advi"``, ``"pathfinder"``, ...).
-    draws, tune, chains : per chain (an approximate fit: ``draws`` in one chain, no tuning).
+    draws, tune, chains : per chain (an approximate fit: ``draws`` in one chain, no
+        tuning); ``draws`` are those kept, more than asked for when the fit was extended.
     random_seed : the seed; the same seed and sampler give the same draws.
     target_accept : NUTS target acceptance.
     nuts : the sampler options the caller gave (the sampler's own names).
@@ -85,6 +86,12 @@ class FitRecord:
     caltars_bayes_version, versions : the package's and its dependencies' versions.
     approximation : the approximate method's options, iterations and Pareto k-hat.
     prior_from : the earlier fit whose posterior gave informative priors.
+    max_draws : the most draws per chain the fit could extend to (None: no
+        extension, e.g. another sampler or a short fit).
+    extension : when the fit was extended (:mod:`caltars_bayes.inference.extend`):
+        ``requested_draws``, ``max_draws``, ``draws``, ``message`` and the
+        ``checks`` (draws, max R-hat, min bulk and tail ESS, divergences at each
+        checkpoint); None otherwise.
     """
 
     sampler: str
@@ -106,6 +113,8 @@ class FitRecord:
     approximation: dict[str, Any] | None = None
     prior_from: PriorSource | None = None
     compile_source: str = ""
+    max_draws: int | None = None
+    extension: dict[str, Any] | None = None
     format: int = FORMAT_VERSION
 
     @property
@@ -155,6 +164,9 @@ class FitRecord:
             del doc["approximation"]
         if self.prior_from is None:
             del doc["prior_from"]
+        for key in ("max_draws", "extension"):
+            if doc[key] is None:
+                del doc[key]
         return doc
 
     @classmethod

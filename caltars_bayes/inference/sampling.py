@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +148,36 @@ class _StepCounter:
         if self._bar is not None:
             for i, p in enumerate(progress):
                 self._bar.report(i, p.finished_draws, p.tuning, p.divergences)
+
+    def reached(self, chains: int, iterations: int) -> bool:
+        """Whether every chain has reported at least ``iterations`` finished."""
+        with self._lock:
+            return len(self._last) == chains and all(
+                d >= iterations for d, _ in self._last.values()
+            )
+
+    def snapshot(self) -> dict[int, tuple[int, int]]:
+        """Each chain's last report: (iterations finished, leapfrog steps so far)."""
+        with self._lock:
+            return dict(self._last)
+
+    @staticmethod
+    def tune_steps(
+        snapshot: dict[int, tuple[int, int]], dt: xr.DataTree, tune: int
+    ) -> float | None:
+        """Leapfrog steps of the tuning iterations: each chain's steps at a report
+        made after its tuning, less the steps of its draws up to that report
+        (``dt`` must hold those draws)."""
+        if "n_steps" not in dt["sample_stats"] or not snapshot:
+            return None
+        n_steps = np.asarray(dt["sample_stats"]["n_steps"].transpose("chain", "draw").values)
+        total = 0.0
+        for chain, (done, steps) in snapshot.items():
+            kept = done - tune
+            if kept < 0 or kept > n_steps.shape[1]:
+                return None
+            total += steps - float(np.nansum(n_steps[chain, :kept]))
+        return total
 
     def total(self, chains: int, iterations: int) -> float | None:
         """All chains' leapfrog steps, or None unless every chain's last report
@@ -422,6 +452,9 @@ class _Run:
     target_accept: float
     progressbar: bool  # the sampler's own display (see _displays)
     initvals: dict[str, Any] | None
+    #: draws per chain a fit may extend to, and what decides (nutpie only)
+    max_draws: int = 0
+    extend: Callable[[xr.DataTree], int | None] | None = None
 
 
 @_one_blas_thread_per_chain
@@ -439,8 +472,16 @@ def run_nuts(
     cores: int | None = None,
     initvals: dict[str, Any] | None = None,
     short_cap: bool = False,
+    max_draws: int | None = None,
+    extend: Callable[[xr.DataTree], int | None] | None = None,
 ) -> tuple[xr.DataTree, dict[str, float]]:
     """Sample ``model`` and return the DataTree and timings (seconds).
+
+    ``extend`` (nutpie only): called with the first ``n`` draws of every chain
+    (``n = draws`` first), it returns how many draws per chain to look at next,
+    or None to stop there; sampling goes on to at most ``max_draws`` per chain
+    (see :func:`_sample_extending`). The DataTree returned holds the draws at
+    the checkpoint where it stopped. Other samplers ignore both.
 
     ``nuts`` holds extra sampler options (e.g. ``{"max_treedepth": 12}``;
     for nutpie also ``{"backend": "jax"}`` and ``{"gradient_backend": "jax"}``
@@ -468,9 +509,13 @@ def run_nuts(
     store = nuts.pop("deterministics", "auto")
     cores = cores or min(chains, os.cpu_count() or 1)
     own, plain = _displays(progressbar)
-    run = _Run(draws, tune, chains, random_seed, target_accept, own, initvals)
+    run = _Run(
+        draws, tune, chains, random_seed, target_accept, own, initvals,
+        max(max_draws or draws, draws), extend,
+    )  # fmt: skip
     reports = sampler in ("nutpie", "pymc")
-    with SamplingProgress(chains, tune + draws, reports=reports, quiet=not plain) as bar:
+    total = tune + (run.max_draws if extend is not None else draws)
+    with SamplingProgress(chains, total, reports=reports, quiet=not plain) as bar:
         if sampler == "nutpie":
             dt, timings = _run_nutpie(model, nuts, store, cores, short_cap, run=run, bar=bar)
         elif sampler == "pymc":
@@ -500,7 +545,8 @@ def _run_nutpie(
     if "max_treedepth" in nuts:
         nuts["maxdepth"] = nuts.pop("max_treedepth")
     gradient_backend = nuts.pop("gradient_backend", None)
-    after = deterministics_after(model, store, run.chains, run.tune + run.draws)
+    extending = run.extend is not None and run.max_draws > run.draws
+    after = deterministics_after(model, store, run.chains, run.tune + run.max_draws)
     stored = [v.name for v in model.free_RVs] if after else None
     nuts = {**sampler_defaults("nutpie", short_cap), **nuts}
     if nuts.get("target_integration_time") is not None:
@@ -515,40 +561,143 @@ def _run_nutpie(
     t0 = time.perf_counter()
     compiled, info = compile_nutpie(model, backend, run.initvals, gradient_backend, stored)
     t1 = time.perf_counter()
+    maxdepth = int(nuts.get("maxdepth", NUTPIE_MAXDEPTH))
+    capped = nuts.get("target_integration_time") is not None
+    settings = dict(
+        tune=run.tune,
+        chains=run.chains,
+        seed=int(run.random_seed),
+        target_accept=run.target_accept,
+        progress_bar=run.progressbar,
+        progress_callback=steps,
+        **nuts,
+    )
+    timings = {"compile_s": t1 - t0}
+
+    def finish(dt: xr.DataTree) -> xr.DataTree:
+        """Depth hits against the maximum depth, the deterministics, the model's order."""
+        if capped:
+            dt = _count_depth_hits_against(dt, maxdepth)
+        if after:
+            t3 = time.perf_counter()
+            dt = add_deterministics(dt, model)
+            spent = time.perf_counter() - t3
+            timings["deterministics_s"] = timings.get("deterministics_s", 0.0) + spent
+        return _in_model_order(dt, model)
+
     if bar is not None:
         bar.working("starting the chains")
     with keep_heap_memory():
-        dt = nutpie.sample(
-            compiled,
-            draws=run.draws,
-            tune=run.tune,
-            chains=run.chains,
-            cores=cores,
-            seed=int(run.random_seed),
-            target_accept=run.target_accept,
-            progress_bar=run.progressbar,
-            progress_callback=steps,
-            **nuts,
-        )
-    t2 = time.perf_counter()
-    if nuts.get("target_integration_time") is not None:
-        dt = _count_depth_hits_against(dt, int(nuts.get("maxdepth", NUTPIE_MAXDEPTH)))
-    timings = {"compile_s": t1 - t0, "sampling_s": t2 - t1}
+        if extending:
+            dt, tune_steps = _sample_extending(nutpie, compiled, settings, run, steps, finish)
+        else:
+            dt = finish(nutpie.sample(compiled, draws=run.draws, cores=cores, **settings))
+            tune_steps = _tune_steps(dt, steps, run)
+    timings["sampling_s"] = time.perf_counter() - t1 - timings.get("deterministics_s", 0.0)
     dt.attrs["compile_source"] = info.source  # read into FitRecord.compile_source
-    if after:
-        t3 = time.perf_counter()
-        dt = add_deterministics(dt, model)
-        timings["deterministics_s"] = time.perf_counter() - t3
-    dt = _in_model_order(dt, model)
     # tuning trajectories are longer than sampling ones (the mass matrix is
     # still being learned): recorded so that cost per step can be worked out
+    if tune_steps is not None:
+        timings["tune_steps"] = tune_steps
+    return dt, timings
+
+
+def _tune_steps(dt: xr.DataTree, steps: _StepCounter, run: _Run) -> float | None:
+    """Leapfrog steps of the tuning iterations of a finished nutpie run."""
     if "warmup_sample_stats" in dt.children and "n_steps" in dt["warmup_sample_stats"]:
-        timings["tune_steps"] = float(dt["warmup_sample_stats"]["n_steps"].sum())
-    elif "n_steps" in dt["sample_stats"]:
+        return float(dt["warmup_sample_stats"]["n_steps"].sum())
+    if "n_steps" in dt["sample_stats"]:
         total = steps.total(run.chains, run.tune + run.draws)
         if total is not None:
-            timings["tune_steps"] = total - float(dt["sample_stats"]["n_steps"].sum())
-    return dt, timings
+            return total - float(dt["sample_stats"]["n_steps"].sum())
+    return None
+
+
+#: seconds between looks at the chains' progress while waiting for a checkpoint
+_POLL_S = 0.05
+
+
+def _sample_extending(
+    nutpie: Any,
+    compiled: Any,
+    settings: dict[str, Any],
+    run: _Run,
+    steps: _StepCounter,
+    finish: Callable[[xr.DataTree], xr.DataTree],
+) -> tuple[xr.DataTree, float | None]:
+    """Sample up to ``run.max_draws`` draws per chain, stopping at the first
+    checkpoint where ``run.extend`` says the draws so far are enough.
+
+    The chains run in the background towards ``max_draws``; at ``run.draws``
+    draws per chain, and then at each number of draws ``run.extend`` asks for,
+    the first that many draws of every chain are taken (draws beyond them are
+    dropped) and handed to ``run.extend``, which returns the next checkpoint or
+    None to stop. nutpie's tuning does not depend on the number of draws and
+    each chain has its own random stream, so the first ``n`` draws of a chain
+    are those a run of ``n`` draws gives with the same seed: where the fit
+    stops is decided by those draws alone, and the same seed gives the same
+    result. Every chain runs on its own thread (nutpie otherwise starts chains
+    beyond ``cores`` only when others have finished).
+    """
+    assert run.extend is not None
+    sampler = nutpie.sample(
+        compiled, draws=run.max_draws, cores=run.chains, blocking=False, **settings
+    )
+    n = run.draws
+    done = None  # every draw, once the sampler has finished (its results are taken once)
+    try:
+        while True:
+            raw = done
+            while raw is None:
+                while not steps.reached(run.chains, run.tune + n) and not _finished(sampler):
+                    time.sleep(_POLL_S)
+                snapshot = steps.snapshot()
+                if _finished(sampler):
+                    raw = done = sampler.wait()
+                else:
+                    raw = sampler.inspect()
+                    if _kept_draws(raw) < n:  # a chain's stored trace lags its report
+                        raw = None
+                        time.sleep(_POLL_S)
+            dt = finish(_first_draws(raw, n))
+            nxt = run.extend(dt)
+            if nxt is None or n >= run.max_draws:
+                return dt, steps.tune_steps(snapshot, raw, run.tune)
+            n = min(max(int(nxt), n + 1), run.max_draws)
+    finally:
+        if not _finished(sampler):
+            sampler.cancel()
+
+
+def _finished(sampler: Any) -> bool:
+    """Whether a background nutpie sampler has finished (nutpie 0.16's
+    ``is_finished`` raises TimeoutError while it is still running)."""
+    try:
+        return bool(sampler.is_finished)
+    except TimeoutError:
+        return False
+
+
+def _kept_draws(dt: xr.DataTree) -> int:
+    """Draws stored for the chain with fewest: nutpie pads the others' arrays
+    with NaN (its sample stat ``energy`` is never NaN for a stored draw)."""
+    energy = dt["sample_stats"]["energy"].transpose("chain", "draw").values
+    return int(np.isfinite(energy).sum(axis=1).min())
+
+
+def _first_draws(dt: xr.DataTree, n: int) -> xr.DataTree:
+    """The first ``n`` draws of every chain in the posterior and sample stats."""
+    if _kept_draws(dt) < n:
+        raise RuntimeError(f"nutpie returned {_kept_draws(dt)} draws in a chain, expected {n}")
+    out = {}
+    for name in dt.children:
+        ds = dt[name].to_dataset()
+        if "draw" in ds.dims and not name.startswith("warmup"):
+            ds = ds.isel(draw=slice(0, n))
+        out[name] = ds
+    tree = xr.DataTree.from_dict(out)
+    tree.attrs = dict(dt.attrs)
+    return tree
 
 
 def _run_pymc(

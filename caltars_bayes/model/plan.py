@@ -11,7 +11,33 @@ discrimination, session trend, covariates) and how each is parameterised:
 * large designs (from :data:`LARGE_DESIGN_SESSIONS` sessions) sample subjects
   and sessions in the joint form and start from the data; those with many
   session deviations (:data:`LARGE_DESIGN_SESSION_SCALES`) also cap the
-  sampler's trajectories (docs/model.md, "Large designs").
+  sampler's trajectories (docs/model.md, "Large designs");
+* small designs keep the ratings rule. A CALTARS pilot of 10-15 subjects x 2
+  sessions x 2 judges has 24 ratings per subject and scale and 12 per
+  session, so subject factors and session deviations are non-centred, while
+  each judge has 720 ratings per scale and is centred. Measured on simulated
+  pilots (realistic parameters, 4 chains x (1000 + 1000), benchmarks/pilots.py):
+  in this form no pilot had divergences and every miss was R-hat or ESS on
+  ``sd_alliance``, ``sd_session``, ``theta`` or ``factor_corr`` (12 subjects:
+  1 of 13 met the verdict, min bulk ESS 56-590, tail 25-447), which
+  :func:`caltars_bayes.inference.fit.fit_model` takes up by sampling longer
+  (``max_draws``). The joint form (subject means centred) at target
+  acceptance 0.95 met the verdict more often at 1000 draws on 12 subjects (6
+  of 10) but had divergences in 4 of 20 pilots of 10-15 subjects (4 to 68
+  each), all where one scale's ``sd_alliance`` neared zero, where the
+  conditional covariance of subject factors given their means becomes
+  singular; with centred subject factors (sessions non-centred) 3 of 5 pilots
+  diverged along the subject/session ridge.
+
+With two judges each judge's contrasts - one severity per scale and one log
+discrimination - are sharp (hundreds of ratings) and sampled centred; only
+their SDs (``sd_severity`` from 5 contrasts, ``sd_log_discrimination`` from
+one) are barely identified. Their default priors (Gamma(4, 8): mean 0.5, 95%
+within 0.14-1.1 logits; Gamma(4, 20): mean 0.2, 95% within 0.05-0.44) keep
+them off zero, so with a sharp contrast the SD's posterior is close to its
+prior and smooth, without a funnel: no pilot miss was on a judge parameter.
+Discrimination is kept with two judges, since its contrast is identified by
+the data; dropping it would assume the two judges equally discriminating.
 
 Parts the design cannot identify (a judge level with one judge, a session
 level with one session per subject) are left out with a note. This module

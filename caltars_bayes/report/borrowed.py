@@ -54,8 +54,10 @@ def _borrowed_source(fit: Fit, doc: dict[str, Any] | None) -> tuple[str, float |
     recorded = fit.record.prior_from
     src = (doc or {}).get("source", {})
     path = src.get("path") or (recorded and recorded.fit)
-    # only the folder's name: a report never shows an absolute path
-    path = Path(str(path)).name if path else "an earlier fit (path not recorded)"
+    # a report never shows an absolute path: the folder's name instead
+    if path and Path(str(path)).is_absolute():
+        path = Path(str(path)).name
+    path = str(path) if path else "an earlier fit (path not recorded)"
     weight = (doc or {}).get("weight", recorded and recorded.weight)
     return str(path), None if weight is None else float(weight)
 

@@ -192,7 +192,7 @@ def borrowed_fitdir(tiny_fit, tiny_trial, tmp_path_factory) -> dict:
     out = tmp / "new_fit"
     args = ["fit", str(ratings), "--instrument", str(models_dir() / "calpas.toml"), "--out",
             str(out), "--prior-from", str(earlier), "--prior-weight", "0.5", "--draws", "20",
-            "--tune", "20", "--chains", "2", "--quiet"]  # fmt: skip
+            "--tune", "20", "--chains", "2"]  # fmt: skip  (--quiet would hide "borrowing")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(args) == 0
@@ -242,10 +242,10 @@ def test_report_shows_the_borrowed_priors_read_back_from_the_fit_directory(borro
         assert keys.index("borrowed") == keys.index("convergence") + 1
         sec = rep.section("borrowed")
         assert sec.title == "Priors borrowed from an earlier trial" and not sec.omitted
-        # the source fit as recorded: its path, hashes and design
+        # the source fit as recorded: its folder (never an absolute path), hashes, design
         src = dict(rep.tables["prior_source"].itertuples(index=False))
         earlier_fit = load_fit(earlier)
-        assert src["path"] == str(earlier) and src["weight"] == "0.5"
+        assert src["path"] == earlier.name and src["weight"] == "0.5"
         assert src["data_hash"] == earlier_fit.record.data_hash and src["n_subjects"] == "12"
         # the priors: read back from prior_from.json, and equal to a fresh derivation
         pri = rep.tables["borrowed_priors"]
@@ -279,7 +279,7 @@ def test_report_shows_the_borrowed_priors_read_back_from_the_fit_directory(borro
         assert f"|z| exceeds {thr:.2f}" in rule and f"{len(conflict)} borrowed elements" in rule
         assert "Bonferroni" in rule and "tenth of the prior variance" in rule
         # the summary and the methods paragraph say what was borrowed
-        assert rep.summary[1].startswith(f"Priors borrowed from {earlier} (weight 0.5): ")
+        assert rep.summary[1].startswith(f"Priors borrowed from {earlier.name} (weight 0.5): ")
         assert "borrowed from an earlier fit of the CALPAS-O (12 subjects, " in rep.methods
         assert "power-prior weight 0.5" in rep.methods and "log item loading" in rep.methods
         assert f"Bonferroni over {len(conflict)} elements" in rep.methods

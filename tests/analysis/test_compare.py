@@ -518,7 +518,7 @@ def test_moment_matching_recovers_the_exact_left_out_session(calpas):
     # exact: refit without the session, integrate its deviations out
     held = np.asarray(data.session_idx) == s
     train = compare_kfold._train_data(data, ~held)
-    refit = fit_model(train, **{**opts, "draws": 1500, "random_seed": 2})
+    refit = fit_model(train, **{**opts, "draws": 1500, "random_seed": 2, "max_draws": 1500})
     rows = compare_kfold._Rows(data, held)
     d = predict.posterior_draws(
         refit.posterior,

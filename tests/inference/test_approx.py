@@ -291,10 +291,9 @@ def test_cli_fit_method_pathfinder(tiny_trial, tmp_path, capsys):
         "pathfinder",
         "--draws",
         "100",
-        "--quiet",
         "--out",
         str(out),
-    ]
+    ]  # not --quiet: that silences the "fitting ... APPROXIMATELY" line too
     # --strict demands a converged MCMC fit: an approximation never is one (exit 3),
     # but the labelled results are still written
     assert main([*args, "--strict"]) == 3

@@ -19,7 +19,10 @@ def tiny_data(tiny_trial):
     return tiny_trial.to_rating_data()
 
 
-@pytest.mark.parametrize("sampler", ["pymc", "numpyro", "blackjax"])
+@pytest.mark.parametrize(
+    "sampler",
+    ["pymc", "numpyro", pytest.param("blackjax", marks=pytest.mark.long)],  # 72 s in CI
+)
 def test_sampler_paths(tiny_data, sampler):
     if sampler in ("numpyro", "blackjax") and importlib.util.find_spec(sampler) is None:
         pytest.fail(f"{sampler} is part of the [jax] extra that `make test` installs")
@@ -304,6 +307,7 @@ def test_numpyro_caps_the_tree_depth_of_large_designs(tiny_data, monkeypatch, la
     assert sampling.sampler_defaults("pymc", True) == {}
 
 
+@pytest.mark.long  # 74 s in CI; numpyro's own path stays in test_sampler_paths
 def test_numpyro_samples_the_joint_form_on_the_dense_layout(tiny_data):
     """Designs large enough for the joint form on a GPU use the dense layout too."""
     from dataclasses import replace
