@@ -752,6 +752,9 @@ def render(res: dict, tiny: bool) -> str:
             "",
             *fn(res[key]),
         ]
+    first = HERE / "first_fit.md"  # written by benchmarks/first_fit.py
+    if first.exists() and not tiny:
+        lines += ["", first.read_text().rstrip(), "", "(From `benchmarks/first_fit.py`.)"]
     return "\n".join(lines) + "\n"
 
 

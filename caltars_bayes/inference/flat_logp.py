@@ -22,6 +22,11 @@ model plan. Where a shape cannot be written that way (a value variable whose
 shape PyTensor cannot trace to the dimension lengths), :func:`compile_flat`
 returns None and the caller uses nutpie's fixed-shape functions.
 
+Measured on a 12-subject CALTARS pilot (2 cores, same run): density and
+gradient equal nutpie's fixed-shape functions to 1e-14; a gradient costs
+95-103 microseconds against 80-86 (the slices are computed at run time), a
+fixed cost per gradient that larger designs hide.
+
 :func:`layout` gives one design's sizes and the slices nutpie unravels its
 draws with; with them :class:`nutpie.compile_pymc.CompiledPyMCModel` is built
 as nutpie builds it.
