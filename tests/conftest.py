@@ -98,7 +98,7 @@ def dask_client():
 
     from distributed import Client, LocalCluster
 
-    from caltars_bayes.studies.tasks import WORKER_ENV
+    from caltars_bayes._core.parallel import WORKER_ENV
 
     cluster = LocalCluster(
         n_workers=2,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from caltars_bayes._core.errors import CaltarsError
-from caltars_bayes.cli.common import echo, progress_args, refuse_existing
+from caltars_bayes.cli.common import echo, progress_args, refuse_existing, scheduler
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "weight, p_loo, Pareto-k summary, method, converged), compare.png and compare.svg. "
         "When some Pareto k > 0.7 it warns and, by default, moment matches the high-k units "
         "(Paananen et al. 2021; no refit); units still above 0.7 make it re-estimate every model "
-        "by K-fold cross-validation (K refits each). See docs/structure.md.",
+        "by K-fold cross-validation (K refits each), the refits in parallel on a Dask LocalCluster "
+        "where the machine has the cores for them (--workers, --scheduler). See docs/structure.md.",
     )
     cp.add_argument("fitdirs", nargs="+", help="two or more fit directories")
     cp.add_argument("--out", required=True, help="output folder")
@@ -34,6 +35,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     cp.add_argument(
         "--no-kfold", action="store_true", help="the same as --fallback none (kept for scripts)"
+    )
+    cp.add_argument(
+        "--scheduler",
+        default="local",
+        help="where the K-fold refits run: local (a Dask LocalCluster on this machine, default; "
+        "this process where that would be one worker or Dask is not installed), serial (this "
+        "process, no Dask) or a Dask scheduler address, e.g. tcp://HOST:8786",
+    )
+    cp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="LocalCluster size (default: cores / chains of a refit, at most one per refit; "
+        "1: this process)",
     )
     cp.add_argument("--force", action="store_true", help="overwrite an existing output")
     progress_args(cp)
@@ -62,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         by=args.by,
         fallback=fallback,
         n_folds=args.folds,
+        scheduler=scheduler(args),
+        workers=args.workers,
         force=args.force,
         quiet=args.quiet,
     )

@@ -46,7 +46,7 @@ from pytensor.graph.basic import Constant
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.sharedvar import TensorSharedVariable
 
-__all__ = ["FlatFunctions", "compile_flat", "layout", "symbolic_value_shapes"]
+__all__ = ["FlatFunctions", "compile_flat", "layout", "symbolic_value_shapes", "traced_shape"]
 
 
 def symbolic_value_shapes(model: pm.Model) -> list[pt.TensorVariable] | None:
@@ -61,17 +61,26 @@ def symbolic_value_shapes(model: pm.Model) -> list[pt.TensorVariable] | None:
     for rv in model.free_RVs:
         transform = model.rvs_to_transforms.get(rv)
         value = transform.forward(rv, *rv.owner.inputs) if transform is not None else rv
-        shape = cast(
-            pt.TensorVariable,
-            rewrite_graph(pt.as_tensor(value.shape, ndim=1), include=("ShapeOpt", "canonicalize")),
-        )
-        for node in ancestors([shape]):
-            if node.owner is None and not isinstance(node, Constant | TensorSharedVariable):
-                return None
-            if isinstance(node, TensorSharedVariable) and node.ndim != 0:
-                return None
+        shape = traced_shape(value)
+        if shape is None:
+            return None
         shapes.append(shape)
     return shapes
+
+
+def traced_shape(var: Any) -> pt.TensorVariable | None:
+    """``var``'s shape as a graph of constants and shared scalars (the dimension
+    lengths), by PyTensor's shape inference; None where it depends on anything else."""
+    shape = cast(
+        pt.TensorVariable,
+        rewrite_graph(pt.as_tensor(var.shape, ndim=1), include=("ShapeOpt", "canonicalize")),
+    )
+    for node in ancestors([shape]):
+        if node.owner is None and not isinstance(node, Constant | TensorSharedVariable):
+            return None
+        if isinstance(node, TensorSharedVariable) and node.ndim != 0:
+            return None
+    return shape
 
 
 @dataclass(frozen=True)

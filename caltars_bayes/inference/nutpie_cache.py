@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from caltars_bayes._core.errors import CaltarsWarning
-from caltars_bayes.inference.flat_logp import FlatFunctions, compile_flat, layout
+from caltars_bayes.inference.flat_logp import FlatFunctions, compile_flat, layout, traced_shape
 
 __all__ = [
     "CompileInfo",
@@ -74,6 +74,23 @@ FALLBACK_MESSAGE = (
     "nutpie's private compile API changed ({missing}); using compile_pymc_model "
     "(slower first compile)"
 )
+
+
+#: PyTensor's ``numba__fastmath`` while it generates a model's numba code. Off,
+#: so that a fit's draws depend only on its seed. With LLVM's fast-math flags
+#: (reassociation, contraction into fused multiply-adds) the code that runs
+#: depends on whether PyTensor's functions were compiled in this process (and
+#: optimised together with their callers) or loaded from its disk cache: on a
+#: small regression model (tests/inference/test_nutpie_cache.py) a process that
+#: compiled the model and a process that loaded it gave gradients differing by
+#: one unit in the last place at 63 of 120 points, and different draws from the
+#: same seed; with fast math off, identical gradients and draws (2026-12-07;
+#: also on a 12-subject CALTARS pilot). Its cost, measured on the founding
+#: design (52 x 4 x 3, 2 cores, same process, interleaved): 2% per gradient at
+#: the median of 8 runs and 13% at the best, because the cumulative-logit
+#: kernel (:mod:`caltars_bayes.model.kernels`), which sets its own flags,
+#: does most of the work.
+FAST_MATH = False
 
 
 class NutpiePrivateAPIWarning(CaltarsWarning):
@@ -371,9 +388,10 @@ def _assemble(model: Any, c: _Compiled, point_fn: Any, by_name: dict[str, Any]) 
     keys = {by_name[name]: key for name, key in c.keys.items()}
     shared_data = _shared_values(keys)
     user_data = cp.make_user_data(keys, shared_data)
-    n_dim, n_expanded, shape_info = layout(
-        cp._compute_shapes(model), c.value_names, c.stored_names
-    )
+    shapes = _dim_shapes(model, point_fn, c.value_names, c.stored_names)
+    if shapes is None:
+        shapes = cp._compute_shapes(model)
+    n_dim, n_expanded, shape_info = layout(shapes, c.value_names, c.stored_names)
     n_free = len(c.value_names)
     initial_point_fn = cp._rv_dict_to_flat_array_wrapper(
         point_fn, names=shape_info[0][:n_free], shapes=shape_info[2][:n_free]
@@ -396,6 +414,39 @@ def _assemble(model: Any, c: _Compiled, point_fn: Any, by_name: dict[str, Any]) 
         expand_func=c.expand_fn,
         reparameterized_names=c.renamed,
     )
+
+
+def _dim_shapes(
+    model: Any, point_fn: Any, value_names: list[str], stored_names: list[str]
+) -> dict[str, tuple[int, ...]] | None:
+    """The variables' shapes without compiling nutpie's shape function.
+
+    Free (unconstrained) values: the shapes of one initial point. Stored
+    variables: ``()`` for a scalar, else the lengths of their named dims, else
+    their shape traced to the dimension lengths (:func:`traced_shape`). None
+    where neither works (then nutpie's ``_compute_shapes`` compiles a function
+    for all of them). Measured on a
+    13-subject CALTARS pilot reusing a 12-subject compilation (2 cores, under
+    load): nutpie's shape function was a second initial-point function and a
+    third of the 11.7 s the reuse took.
+    """
+    point = point_fn(0)
+    shapes: dict[str, tuple[int, ...]] = {n: tuple(np.shape(point[n])) for n in value_names}
+    lengths = {k: int(v.get_value()) for k, v in model.dim_lengths.items()}
+    for name in stored_names:
+        var = model.named_vars.get(name)
+        if var is None:
+            return None
+        dims = model.named_vars_to_dims.get(name) or ()
+        if var.ndim == 0:
+            shapes[name] = ()
+        elif len(dims) == var.ndim and all(d in lengths for d in dims):
+            shapes[name] = tuple(lengths[d] for d in dims)
+        elif (traced := traced_shape(var)) is not None:
+            shapes[name] = tuple(int(n) for n in traced.eval())
+        else:
+            return None
+    return shapes
 
 
 def _find(model: Any, var_names: list[str] | None) -> _Compiled | None:
@@ -435,7 +486,23 @@ def compile_numba_model(
     warns once with :class:`NutpiePrivateAPIWarning` and returns nutpie's own
     ``compile_pymc_model(model, backend="numba")`` with the same arguments
     (same sampler, no cached callbacks).
+
+    PyTensor's numba code is generated without fast math (:data:`FAST_MATH`),
+    so the same seed gives the same draws whichever way the model was got.
     """
+    from pytensor import config
+
+    # traceback__limit=0: no stack trace for each graph node built here (the
+    # signature's log density, the initial-point function): a quarter of a
+    # reuse's time (same measurement as :func:`_dim_shapes`)
+    with config.change_flags(numba__fastmath=FAST_MATH, traceback__limit=0):
+        return _compile_numba_model(model, initial_points, var_names)
+
+
+def _compile_numba_model(
+    model: Any, initial_points: dict[str, Any] | None, var_names: list[str] | None
+) -> tuple[Any, CompileInfo]:
+    """:func:`compile_numba_model` under the chosen fast-math flag."""
     t0 = time.perf_counter()
     missing = _missing_private_names()
     if missing:

@@ -208,11 +208,18 @@ class AllianceModel:
         omega = chol @ chol.T
         if n_k > 1 and not plan.bifactor:
             pm.Deterministic("factor_corr", omega, dims=("scale", "scale2"))
+        # Data enter as pm.Data, not constants: the compiled function is then the
+        # same for any trial of the same plan, whatever its size (see
+        # caltars_bayes.inference.flat_logp), and new data can be swapped in
+        # with pm.set_data.
+        session_subject = pm.Data(
+            "session_subject_idx", np.asarray(d.session_subject_idx, np.int64), dims="session"
+        )
         sd_session = zeta = None
         if plan.joint_subject_sessions:
             sd_session = prior_rv("sd_session", pr.sd_session, dims="scale")
             theta_raw, zeta = _subject_session_block(
-                sd_alliance[:, None] * chol, sd_session, d, origin_sd(d), n_k
+                sd_alliance[:, None] * chol, sd_session, d, origin_sd(d), n_k, session_subject
             )
         elif plan.centred_subjects:
             chol_cov = sd_alliance[:, None] * chol
@@ -226,12 +233,6 @@ class AllianceModel:
         # The origin of each scale is the sample's average subject.
         theta = pm.Deterministic(
             "theta", theta_raw - theta_raw.mean(axis=0), dims=("subject", "scale")
-        )
-        # Data enter as pm.Data, not constants: the compiled function is then the
-        # same for any trial of the same shape (numba's on-disk cache is reused)
-        # and new data can be swapped in with pm.set_data.
-        session_subject = pm.Data(
-            "session_subject_idx", np.asarray(d.session_subject_idx, np.int64), dims="session"
         )
         eta = theta[session_subject]
         if plan.joint_subject_sessions:

@@ -216,6 +216,7 @@ def _subject_session_block(
     d: RatingData,
     tau: float,
     k: int,
+    session_subject: pt.TensorVariable,
 ) -> tuple[pt.TensorVariable, pt.TensorVariable]:
     """Subject factors and session deviations, sampled along what the data see.
 
@@ -244,47 +245,58 @@ def _subject_session_block(
     ``u`` is centred because the ratings pin it down; ``b`` is not, because
     only the prior and the covariates meet ``theta_raw`` given ``u`` (with
     ``u`` non-centred too the factor correlations mixed badly). The matrices
-    depend on ``n`` only through its distinct values. The average of
+    depend on ``n`` only through its distinct values: computed once per
+    distinct number of sessions (all at once, as a stack) and picked per
+    subject; with one number for every subject, once for all. The average of
     ``theta_raw`` over subjects is met by nothing but its prior;
     :func:`_pin_origin` narrows it as for the centred form.
+
+    Everything the design decides enters as data (``pm.Data``), not as
+    constants of the graph: the sessions per subject (``joint_sessions``),
+    their distinct values (``joint_session_counts``), each subject's place
+    among them (``joint_count_group``) and ``session_subject`` (each session's
+    subject). Designs of any size then share one compiled model
+    (:mod:`caltars_bayes.inference.flat_logp`); only whether every subject has
+    the same number of sessions changes the graph.
     """
-    sess_subj = np.asarray(d.session_subject_idx, dtype=np.int64)
-    n_sess = np.bincount(sess_subj, minlength=d.n_subjects)
+    n_sess = np.bincount(np.asarray(d.session_subject_idx), minlength=d.n_subjects)
     counts, group = np.unique(n_sess, return_inverse=True)
     if counts.min() < 1:
         raise ValueError("every subject needs at least one session for the joint form")
+    n_t = pm.Data("joint_sessions", n_sess.astype(np.float64), dims="subject")
+    counts_t = pm.Data("joint_session_counts", counts.astype(np.float64))
     cov = chol_cov @ chol_cov.T
     var_s = sd_session**2
     eye = np.eye(k)
 
-    def conditional(n: float) -> tuple[Any, Any, Any]:
-        """chol(S + D), A and chol(B) for subjects with ``n`` sessions."""
-        dvar = var_s / n
-        s_plus_d = cov + dvar * eye
+    def conditional(n: pt.TensorVariable) -> tuple[Any, Any, Any]:
+        """chol(S + D), A and chol(B) for subjects with ``n`` sessions: one set of
+        matrices for a scalar ``n``, a stack of them for a column of counts."""
+        dvar = (var_s / n)[..., None] * eye  # D = diag(sd_session^2) / n
+        s_plus_d = cov + dvar
         chol_sd = pt.linalg.cholesky(s_plus_d)
-        inv_l_d = solve_triangular(chol_sd, dvar * eye, lower=True)  # L^-1 D
-        sol_d = solve_triangular(chol_sd.T, inv_l_d, lower=False)  # (S + D)^-1 D
-        a_mat = eye - sol_d.T  # S (S + D)^-1 = I - D (S + D)^-1
-        b_mat = dvar * eye - inv_l_d.T @ inv_l_d  # D - D (S + D)^-1 D
+        inv_l_d = solve_triangular(chol_sd, dvar, lower=True)  # L^-1 D
+        sol_d = solve_triangular(chol_sd.mT, inv_l_d, lower=False)  # (S + D)^-1 D
+        a_mat = eye - sol_d.mT  # S (S + D)^-1 = I - D (S + D)^-1
+        b_mat = dvar - inv_l_d.mT @ inv_l_d  # D - D (S + D)^-1 D
         return chol_sd, a_mat, pt.linalg.cholesky(b_mat)
 
     b_z = pm.Normal("theta_z", 0.0, 1.0, dims=("subject", "scale"))
     if counts.size == 1:  # every subject has the same number of sessions
-        chol_sd, a_mat, chol_b = conditional(float(counts[0]))
+        chol_sd, a_mat, chol_b = conditional(counts_t[0])
         u = pm.MvNormal("subject_mean", mu=np.zeros(k), chol=chol_sd, dims=("subject", "scale"))
         theta_raw = u @ a_mat.T + b_z @ chol_b.T
     else:
-        parts = [conditional(float(c)) for c in counts]
-        g = np.asarray(group, dtype=np.int64)
-        chol_sd, a_mat, chol_b = (pt.stack([p[i] for p in parts])[g] for i in range(3))
+        g = pm.Data("joint_count_group", group.astype(np.int64), dims="subject")
+        chol_sd, a_mat, chol_b = (m[g] for m in conditional(counts_t[:, None]))
         u = pm.MvNormal("subject_mean", mu=np.zeros(k), chol=chol_sd, dims=("subject", "scale"))
         theta_raw = (a_mat @ u[:, :, None])[:, :, 0] + (chol_b @ b_z[:, :, None])[:, :, 0]
     _pin_origin(theta_raw, chol_cov, tau, k)
     z = pm.Normal("zeta_z", 0.0, 1.0, dims=("session", "scale"))
-    z_mean = pt.inc_subtensor(pt.zeros((d.n_subjects, k))[sess_subj], z) / n_sess[:, None]
+    z_mean = pt.inc_subtensor(pt.zeros_like(u)[session_subject], z) / n_t[:, None]
     zeta = pm.Deterministic(
         "zeta",
-        (u - theta_raw)[sess_subj] + sd_session * (z - z_mean[sess_subj]),
+        (u - theta_raw)[session_subject] + sd_session * (z - z_mean[session_subject]),
         dims=("session", "scale"),
     )
     return theta_raw, zeta

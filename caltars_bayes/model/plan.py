@@ -42,6 +42,18 @@ the data; dropping it would assume the two judges equally discriminating.
 Parts the design cannot identify (a judge level with one judge, a session
 level with one session per subject) are left out with a note. This module
 needs no PyMC, so validating data and hypotheses stays light.
+
+The design's sizes and indices enter the PyMC graph as data, so designs of any
+size share one compiled model (:mod:`caltars_bayes.inference.flat_logp`); what
+changes the graph, and compiles anew, is the plan: the parts kept (session
+level, judge severity and discrimination, the trend, the interaction, each
+modelled covariate), the parameterisation chosen from the ratings per
+subject, session and judge (in the joint form only the judges' is used) or
+by size (the joint form from :data:`LARGE_DESIGN_SESSIONS` sessions), the
+likelihood layout, and two facts of the data: whether any covariate value is
+missing, and, in the joint form, whether every subject has the same number
+of sessions (a cheaper graph, 1.17 against 1.61 ms per gradient at 157 x 4 x
+3).
 """
 
 from __future__ import annotations

@@ -284,20 +284,33 @@ def run_compare(
     by: str = "session",
     fallback: str = "moment_match",
     n_folds: int = 5,
+    scheduler: Any = None,
+    workers: int | None = None,
     force: bool = False,
     quiet: bool = False,
 ) -> pd.DataFrame:
     """Compare fits of the same ratings by cross-validation; write ``compare.csv/.png/.svg``.
 
     See :func:`~caltars_bayes.analysis.compare.compare_fits` for the table;
-    ``quiet`` turns its progress off.
+    ``scheduler`` and ``workers`` say where its K-fold refits run (default: in
+    parallel on a Dask LocalCluster where the machine has the cores, see
+    :func:`~caltars_bayes.analysis.compare.kfold_fits`); ``quiet`` turns its
+    progress off.
     """
     out = Path(out)
     if out.exists() and not force:
         raise CaltarsError(f"{out}: already exists; use --force to overwrite")
     if len(fits) < 2:
         raise CaltarsError("compare: give at least two fits")
-    table = compare_fits(fits, by=by, fallback=fallback, n_folds=n_folds, quiet=quiet)
+    table = compare_fits(
+        fits,
+        by=by,
+        fallback=fallback,
+        n_folds=n_folds,
+        scheduler=scheduler,
+        workers=workers,
+        quiet=quiet,
+    )
     fig = plot_compare(table)
     files: dict[str, Any] = {"compare.csv": lambda p: table.to_csv(p, index=False)}
     files.update(figure_files("compare", fig))

@@ -20,18 +20,19 @@ A task that raises leaves ``<task id>.error.txt`` instead of a result (a rerun
 tries it again); a task whose worker died is rescheduled by Dask on another
 worker (its file is written once, by the attempt that finishes).
 
-Dask (``dask`` and ``distributed``) is an optional extra, imported only here,
-inside functions: ``pip install 'caltars-bayes[dask]'``.
+The tasks are handed out by :func:`caltars_bayes._core.parallel.parallel_map`,
+the package's one map over items in this process or on Dask (K-fold refits use
+it too). Dask (``dask`` and ``distributed``) is an optional extra, imported
+only inside functions: ``pip install 'caltars-bayes[dask]'``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import importlib.util
 import json
 import os
 import re
-import secrets
 import sys
 import time
 import traceback
@@ -45,27 +46,13 @@ import pandas as pd
 
 from caltars_bayes._core.errors import CaltarsError
 from caltars_bayes._core.io import atomic_write_file, json_writer
+from caltars_bayes._core.parallel import SERIAL, parallel_map
 from caltars_bayes._core.progress import Progress
 from caltars_bayes.inference.fit import fit_model
 
-DASK_HINT = "pip install 'caltars-bayes[dask]'"
-#: Environment of worker processes: one thread per BLAS/OpenMP pool, so that
-#: several single-fit workers do not oversubscribe the cores.
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-SERIAL = "serial"
 _ID = re.compile(r"^[A-Za-z0-9_.+=-]+$")
 
 TaskFn = Callable[["Task"], pd.DataFrame]
-
-
-def require_dask() -> None:
-    """Raise a one-line ImportError naming the extra when Dask is not installed."""
-    for module in ("dask", "distributed"):
-        if importlib.util.find_spec(module) is None:
-            raise ImportError(
-                f"running tasks on Dask needs the package {module!r}, which is not installed: "
-                f"{DASK_HINT} (or use the serial scheduler)"
-            )
 
 
 def task_seeds(seed: int, task_id: str, n: int = 4) -> tuple[int, ...]:
@@ -162,39 +149,6 @@ def execute_task(fn: TaskFn, task: Task, path: str) -> str:
     return "done"
 
 
-def _cluster_client(scheduler: Any, workers: int | None):
-    """(client, things to close when done): a new LocalCluster, a scheduler address, a Client."""
-    require_dask()
-    import logging
-
-    from distributed import Client, LocalCluster
-
-    if scheduler is None or scheduler == "local":
-        n = int(workers or os.cpu_count() or 1)
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            env=WORKER_ENV,
-        )
-        client = Client(cluster)
-        return client, [client, cluster]
-    if isinstance(scheduler, str):
-        if not scheduler.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")):
-            raise CaltarsError(
-                f"--scheduler {scheduler!r}: use 'local', 'serial' or an address like "
-                "tcp://HOST:8786"
-            )
-        try:
-            client = Client(scheduler, timeout="20s")
-            return client, [client]
-        except OSError as exc:
-            raise CaltarsError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    return scheduler, []  # an existing distributed.Client: the caller's to close
-
-
 def run_tasks(
     tasks: Sequence[Task],
     fn: TaskFn,
@@ -217,7 +171,7 @@ def run_tasks(
         default one per core, one thread each), ``"serial"`` (this process, no
         Dask), a scheduler address ``"tcp://HOST:8786"``, or a
         :class:`distributed.Client`.
-    workers : LocalCluster size (default: the machine's cores).
+    workers : LocalCluster size (default: the machine's cores, at most one per task).
     progress : show progress on stderr (done/total, failed, elapsed, ETA: a bar on
         a terminal, else a line per finished task and at least every 10 s), or
         call this function with one such line per finished task; False: nothing.
@@ -243,7 +197,7 @@ def run_tasks(
     sink = progress if callable(progress) else None
     bar = Progress(label, total, say=sink, quiet=not say or total == 0)
 
-    def record(task_id: str, status: str, n: int) -> None:
+    def record(task_id: str, status: str) -> None:
         if status == "done":
             report.done.append(task_id)
         elif status == "skipped":
@@ -264,39 +218,29 @@ def _dispatch(
     out: str | Path,
     scheduler: Any,
     workers: int | None,
-    record: Callable[[str, str, int], None],
+    record: Callable[[str, str], None],
 ) -> None:
-    """Run ``todo`` in this process or on Dask, calling ``record(id, status, n)`` as each ends."""
-    if scheduler == SERIAL:
-        for n, t in enumerate(todo, 1):
-            record(t.id, execute_task(fn, t, str(result_path(out, t.id))), n)
-    elif todo:
-        from distributed import as_completed
+    """Run ``todo`` in this process or on Dask, calling ``record(id, status)`` as each ends."""
 
-        client, owned = _cluster_client(scheduler, workers)
-        run_token = secrets.token_hex(4)
-        try:
-            futures = {
-                client.submit(
-                    execute_task,
-                    fn,
-                    t,
-                    str(result_path(out, t.id)),
-                    # unique per run: a long-lived cluster may still hold an earlier run's key
-                    key=f"caltars-{t.id}-{run_token}",
-                    pure=False,
-                ): t.id
-                for t in todo
-            }
-            for n, fut in enumerate(as_completed(futures), 1):
-                try:
-                    status = fut.result()
-                except Exception as exc:  # e.g. KilledWorker: its worker died too often
-                    status = f"failed: {type(exc).__name__}: {exc}".splitlines()[0]
-                record(futures[fut], status, n)
-        finally:
-            for thing in owned:
-                thing.close()
+    def done(i: int, status: Any) -> None:
+        if isinstance(status, BaseException):  # e.g. KilledWorker: its worker died too often
+            status = f"failed: {type(status).__name__}: {status}".splitlines()[0]
+        record(todo[i].id, status)
+
+    parallel_map(
+        functools.partial(_execute_in, fn, str(out)),
+        list(todo),
+        scheduler=scheduler,
+        workers=workers,
+        names=[t.id for t in todo],
+        on_done=done,
+        errors="raise" if scheduler == SERIAL else "return",
+    )
+
+
+def _execute_in(fn: TaskFn, out: str, task: Task) -> str:
+    """:func:`execute_task` writing to ``out/tasks/<id>.csv`` (what a worker runs)."""
+    return execute_task(fn, task, str(result_path(out, task.id)))
 
 
 def collect_results(tasks: Sequence[Task], out: str | Path) -> pd.DataFrame:

@@ -173,7 +173,9 @@ def test_kfold_bookkeeping_through_arviz_loo_kfold(fits, monkeypatch):
         return fit
 
     monkeypatch.setattr(compare_kfold, "fit_model", stub_fit_model)
-    res = compare.kfold_fit(fit, "rating", 3, seed=2, fit_options={"draws": 7}, quiet=True)
+    res = compare.kfold_fit(
+        fit, "rating", 3, seed=2, fit_options={"draws": 7}, scheduler="serial", quiet=True
+    )
     assert isinstance(res, ELPDDataLOOKFold) and res.n_folds == 3
     assert seeds == [1001, 2001, 3001]
     assert sum(sizes) == 2 * data.n_ratings  # each rating held out exactly once
@@ -369,15 +371,18 @@ def vague_pair(calpas):
 
 
 def _fake_kfold(calls):
-    def kfold(fit, by, n_folds, **kwargs):
-        calls.append(("kfold", n_folds))
-        lo = loo_fit(fit, by)
-        return ELPDDataLOOKFold(
-            elpd=lo.elpd - 1.0, se=lo.se, p=lo.p, n_samples=lo.n_samples,
-            n_data_points=lo.n_data_points, scale="log", warning=False, good_k=None,
-            elpd_i=lo.elpd_i - 1.0 / lo.n_data_points, pareto_k=None, n_folds=n_folds,
-            p_kfold_i=lo.p_loo_i,
-        )  # fmt: skip
+    def kfold(fits, by, n_folds, **kwargs):
+        out = {}
+        for name, fit in fits.items():
+            calls.append(("kfold", n_folds))
+            lo = loo_fit(fit, by)
+            out[name] = ELPDDataLOOKFold(
+                elpd=lo.elpd - 1.0, se=lo.se, p=lo.p, n_samples=lo.n_samples,
+                n_data_points=lo.n_data_points, scale="log", warning=False, good_k=None,
+                elpd_i=lo.elpd_i - 1.0 / lo.n_data_points, pareto_k=None, n_folds=n_folds,
+                p_kfold_i=lo.p_loo_i,
+            )  # fmt: skip
+        return out
 
     return kfold
 
@@ -406,7 +411,7 @@ def _fake_mm(calls, k_after):
 def test_compare_fallback_routing(vague_pair, monkeypatch, fallback, k_after, expected, n_warnings):
     calls = []
     monkeypatch.setattr(compare_table, "loo_moment_match_fit", _fake_mm(calls, k_after))
-    monkeypatch.setattr(compare_table, "kfold_fit", _fake_kfold(calls))
+    monkeypatch.setattr(compare_table, "kfold_fits", _fake_kfold(calls))
     with pytest.warns(CaltarsWarning, match="Pareto k > 0.7") as rec:
         table = compare_fits(vague_pair, by="session", fallback=fallback, n_folds=3)
     assert [c[0] for c in calls] == expected
@@ -438,7 +443,7 @@ def test_compare_without_high_k_never_falls_back(fits, monkeypatch):
         raise AssertionError("no fallback expected")
 
     monkeypatch.setattr(compare_table, "loo_moment_match_fit", boom)
-    monkeypatch.setattr(compare_table, "kfold_fit", boom)
+    monkeypatch.setattr(compare_table, "kfold_fits", boom)
     table = compare_fits(fits, by="session")
     assert (table["method"] == "psis").all() and table.attrs["warnings"] == []
 
@@ -546,7 +551,7 @@ def test_kfold_refits_write_progress_lines_to_a_non_terminal(vague_pair, monkeyp
 
     monkeypatch.setattr(compare_kfold, "fit_model", stub_fit_model)
     with pytest.warns(CaltarsWarning):
-        compare_fits(vague_pair, by="session", fallback="kfold", n_folds=3)
+        compare_fits(vague_pair, by="session", fallback="kfold", n_folds=3, scheduler="serial")
     err = capsys.readouterr().err.splitlines()
     assert len(refits) == 6
     for k in range(1, 7):
@@ -555,5 +560,102 @@ def test_kfold_refits_write_progress_lines_to_a_non_terminal(vague_pair, monkeyp
     assert any(line.endswith("b, fold 3 of 3") for line in err)
     assert "ETA" in err[-1]
     with pytest.warns(CaltarsWarning):
-        compare_fits(vague_pair, by="session", fallback="kfold", n_folds=3, quiet=True)
+        compare_fits(
+            vague_pair, by="session", fallback="kfold", n_folds=3, scheduler="serial", quiet=True
+        )
     assert "K-fold refit" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- parallel refits
+
+
+@pytest.fixture(scope="module")
+def thread_client():
+    """A Dask cluster of two worker threads in this process: the stubbed fit_model reaches it."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=False,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def test_parallel_refits_equal_serial_ones(vague_pair, thread_client, monkeypatch):
+    """Both models' refits pooled on Dask give the serial K-fold exactly: each refit is
+    the fit's draws subsampled by its seed (a wrong seed or fold would change elpd_i),
+    and the progress counts one step per finished refit."""
+    seen = []
+
+    def stub_fit_model(train, random_seed, **kwargs):
+        seen.append((random_seed, train.n_ratings))
+        post = vague_pair["a"].posterior
+        keep = np.random.default_rng(random_seed).choice(post.sizes["draw"], 40, replace=False)
+        return synthetic_fit(vague_pair["a"].data, post.isel(draw=np.sort(keep)))
+
+    monkeypatch.setattr(compare_kfold, "fit_model", stub_fit_model)
+    kw = {"by": "session", "n_folds": 3, "seed": 4}
+    serial = compare.kfold_fits(vague_pair, **kw, scheduler="serial", quiet=True)
+    lines = []
+    with compare_kfold.Progress("K-fold refit", 6, say=lines.append) as bar:
+        pooled = compare.kfold_fits(vague_pair, **kw, scheduler=thread_client, progress=bar)
+    assert sorted(seen[:6]) == sorted(seen[6:])  # the same refits, in whatever order
+    assert sorted({s for s, _ in seen}) == [1001, 2001, 3001]
+    assert [line[:5] for line in lines] == [f"[{k}/6]" for k in range(1, 7)]
+    for name in vague_pair:
+        np.testing.assert_array_equal(pooled[name].elpd_i.values, serial[name].elpd_i.values)
+        assert pooled[name].elpd == serial[name].elpd and pooled[name].se == serial[name].se
+    # by default, 2 cores and refits of 2 chains: one refit at a time, here (stub reached)
+    monkeypatch.setattr("caltars_bayes._core.parallel.os.cpu_count", lambda: 2)
+    n_calls = len(seen)
+    default = compare.kfold_fits(vague_pair, **kw, quiet=True)
+    assert len(seen) == n_calls + 6 and default["b"].elpd == serial["b"].elpd
+    # the seed-dependent refits matter: another fit seed gives other numbers
+    other = {n: dataclasses.replace(f, record=dataclasses.replace(f.record, random_seed=2))
+             for n, f in vague_pair.items()}  # fmt: skip
+    moved = compare.kfold_fits(other, **kw, scheduler="serial", quiet=True)
+    assert moved["a"].elpd != serial["a"].elpd
+
+
+def test_compare_refuses_a_bad_scheduler_before_any_refit(vague_pair, monkeypatch):
+    monkeypatch.setattr(compare_kfold, "fit_model", lambda *a, **k: pytest.fail("refit"))
+    with pytest.raises(CaltarsError, match="--scheduler 'threads'"):
+        compare_fits(vague_pair, fallback="kfold", scheduler="threads")
+
+
+def test_cli_compare_passes_workers_and_scheduler(fits, tmp_path, monkeypatch):
+    dirs = []
+    for name, fit in fits.items():
+        fit.save(tmp_path / name)
+        dirs.append(str(tmp_path / name))
+    seen = []
+
+    def spy(fits, **kwargs):
+        seen.append((kwargs["scheduler"], kwargs["workers"]))
+        return compare.compare_fits(fits, **kwargs)
+
+    monkeypatch.setattr(workflows, "compare_fits", spy)
+    runs = [[], ["--workers", "2"], ["--scheduler", "serial"], ["--scheduler", "tcp://h:8786"]]
+    for n, extra in enumerate(runs):
+        assert main(["compare", *dirs, "--out", str(tmp_path / f"c{n}"), *extra]) == 0
+    assert seen == [(None, None), (None, 2), ("serial", None), ("tcp://h:8786", None)]
+    assert main(["compare", *dirs, "--out", str(tmp_path / "bad"), "--scheduler", "h:1"]) == 2
+
+
+@pytest.mark.long
+def test_kfold_refits_in_worker_processes_equal_serial_refits(vague_pair, dask_client):
+    """Real (tiny) NUTS refits in two Dask worker processes give exactly the serial numbers."""
+    fit = vague_pair["a"]
+    kw = {"by": "session", "n_folds": 2, "fit_options": {"draws": 20, "tune": 20}, "quiet": True}
+    serial = compare.kfold_fit(fit, scheduler="serial", **kw)
+    parallel = compare.kfold_fit(fit, scheduler=dask_client, **kw)
+    np.testing.assert_array_equal(parallel.elpd_i.values, serial.elpd_i.values)
+    assert parallel.elpd == serial.elpd and np.isfinite(serial.elpd)

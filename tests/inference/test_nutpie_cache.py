@@ -326,3 +326,34 @@ def test_same_seed_same_draws_whether_compiled_loaded_or_reused(cache_dir):
     assert info.source == "reused"
     np.testing.assert_array_equal(draws(loaded), fresh)
     np.testing.assert_array_equal(draws(reused), fresh)
+
+
+@pytest.mark.parametrize("which", ["regression", "caltars"])
+def test_shapes_from_dims_equal_nutpies_shape_function(which):
+    """The reuse path reads shapes from dims and one initial point instead of
+    compiling nutpie's shape function; they must be the same shapes."""
+    from nutpie import compile_pymc as cp
+    from pymc.initial_point import make_initial_point_fn
+
+    if which == "regression":
+        model = _sizes_model(30, 4, 0)
+    else:
+        from caltars_bayes.model.build import AllianceModel
+        from caltars_bayes.model.simulate import simulate_trial
+        from caltars_bayes.spec.instrument import load_instrument, models_dir
+
+        inst = load_instrument(models_dir() / "caltars.toml")
+        data = simulate_trial(inst, n_subjects=7, n_sessions=2, n_judges=2, seed=3)
+        model = AllianceModel(data.to_rating_data()).model
+    values = [model.rvs_to_values[rv].name for rv in model.free_RVs]
+    stored = [v.name for v in model.unobserved_value_vars if v.name not in values]
+    point_fn = make_initial_point_fn(model=model, return_transformed=True)
+    shapes = nutpie_cache._dim_shapes(model, point_fn, values, stored)
+    expected = cp._compute_shapes(model)
+    assert shapes is not None
+    assert {k: tuple(v) for k, v in shapes.items()} == {
+        k: tuple(expected[k]) for k in [*values, *stored]
+    }
+    if which == "caltars":  # a matrix with dims, and one without (traced to the dims)
+        assert len(shapes["theta"]) == 2 and len(shapes["factor_corr_chol"]) == 2
+        assert model.named_vars_to_dims.get("factor_corr_chol") is None

@@ -8,10 +8,16 @@ rating. Models are then ranked by elpd (:func:`compare_fits`, in
 improved by importance-weighted moment matching
 (:mod:`~caltars_bayes.analysis.compare.moment_match`), or every model is
 re-estimated by K-fold cross-validation
-(:mod:`~caltars_bayes.analysis.compare.kfold`).
+(:mod:`~caltars_bayes.analysis.compare.kfold`; the refits run in parallel on
+Dask where the machine has the cores).
 """
 
-from caltars_bayes.analysis.compare.kfold import kfold_fit, rating_folds, session_folds
+from caltars_bayes.analysis.compare.kfold import (
+    kfold_fit,
+    kfold_fits,
+    rating_folds,
+    session_folds,
+)
 from caltars_bayes.analysis.compare.loo import K_THRESHOLD, loo_fit, relative_eff
 from caltars_bayes.analysis.compare.moment_match import loo_moment_match_fit
 from caltars_bayes.analysis.compare.table import (
@@ -27,6 +33,7 @@ __all__ = [
     "K_THRESHOLD",
     "compare_fits",
     "kfold_fit",
+    "kfold_fits",
     "loo_fit",
     "loo_moment_match_fit",
     "plot_compare",

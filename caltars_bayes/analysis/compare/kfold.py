@@ -10,16 +10,24 @@ slightly less training data). Leaving out whole *subjects* instead would
 need, for every draw, an integral over the new subject's correlated factors;
 it is not offered.
 
-The K-fold bookkeeping (refit per fold, held-out elpd per unit, their sum,
-SE and effective number of parameters) is ``arviz_stats.loo_kfold``, given
-our folds and a :class:`RefitWrapper` that refits with
-:func:`~caltars_bayes.inference.fit.fit_model` and scores the held-out units.
+The refits (K per model, each a :func:`~caltars_bayes.inference.fit.fit_model`
+of the training ratings with its own seed) are independent: :func:`kfold_fits`
+computes those of all models first, together, with
+:func:`~caltars_bayes._core.parallel.parallel_map` (on a Dask LocalCluster
+where the machine has the cores, on a given Dask scheduler, or in this
+process), counting one progress step per finished refit. The K-fold
+bookkeeping (held-out elpd per unit, their sum, SE and effective number of
+parameters) is then ``arviz_stats.loo_kfold``, given our folds and a
+:class:`RefitWrapper` that hands it each fold's refit and scores the held-out
+units. The seeds do not depend on where a refit ran, so a parallel run gives
+the serial run's numbers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +38,7 @@ from arviz_stats.loo import SamplingWrapper
 from arviz_stats.utils import ELPDDataLOOKFold
 
 from caltars_bayes._core.errors import CaltarsError
+from caltars_bayes._core.parallel import SERIAL, auto_scheduler, local_workers, parallel_map
 from caltars_bayes._core.progress import Progress
 from caltars_bayes.analysis.compare.loo import _unit_loglik, _units
 from caltars_bayes.data.ratings import RatingData
@@ -118,49 +127,71 @@ def _train_data(data: RatingData, keep: np.ndarray) -> RatingData:
     )
 
 
-def kfold_fit(
-    fit: Fit,
-    by: str = "session",
-    n_folds: int = 5,
-    *,
-    seed: int = 0,
-    fit_options: Mapping[str, Any] | None = None,
-    progress: Progress | None = None,
-    quiet: bool = False,
-    name: str = "model",
-) -> ELPDDataLOOKFold:
-    """K-fold cross-validated elpd by refitting the model K times.
+@dataclass(frozen=True)
+class _Folds:
+    """One model's K-fold plan: folds of its units and the settings of its refits."""
 
-    The bookkeeping is ``arviz_stats.loo_kfold`` with our folds (``folds=``)
-    and a :class:`RefitWrapper` that refits the model to each training set
-    and scores the held-out units: a unit's elpd is the log of its predictive
-    density averaged over the refit's draws, ``log mean_s p(y_unit | draw s)``;
-    ``elpd`` is their sum, ``se = sqrt(n var(elpd_i))`` over the ``n`` units,
-    and ``p`` is the in-sample lpd (the same average over the full fit's
-    draws) minus ``elpd``.
+    name: str
+    fit: Fit
+    by: str
+    unit_fold: np.ndarray
+    n_folds: int
+    seed: int
+    opts: dict[str, Any]
 
-    Parameters
-    ----------
-    fit : the model fitted to all data (its settings are reused for the refits).
-    by : ``"session"`` (folds of whole sessions, spread within subjects; held-out
-        session deviations integrated out) or ``"rating"`` (folds of ratings,
-        spread within sessions; conditional likelihood).
-    n_folds : K.
-    seed : seed of the fold assignment (refit seeds follow from the fit's).
-    fit_options : overrides of the refits' settings (``draws``, ``tune``,
-        ``chains``, ``sampler``, ``progressbar``...), passed to ``fit_model``.
-    progress : a :class:`~caltars_bayes._core.progress.Progress` that counts the
-        refits (one step per fold; ``compare_fits`` passes one for all models);
-        default: a new one of ``n_folds`` steps on stderr.
-    quiet : no progress (when ``progress`` is not given).
-    name : the model's name in the progress lines.
+    @property
+    def refits(self) -> list[int]:
+        """The folds that hold some unit (each is one refit), in order."""
+        return [int(f) for f in np.unique(self.unit_fold)]
 
-    Returns
-    -------
-    arviz_stats ``ELPDDataLOOKFold`` with ``elpd``, ``se``, ``p`` (in-sample lpd
-    minus elpd), ``elpd_i`` and ``p_kfold_i`` over the units, ``n_folds`` (the
-    folds that hold some unit) and ``n_samples`` (draws of the full fit).
+    def held(self, fold: int) -> np.ndarray:
+        """The ratings of the units in ``fold`` (a boolean mask over the ratings)."""
+        units = np.flatnonzero(self.unit_fold == fold)
+        if self.by == "session":
+            return np.isin(np.asarray(self.fit.data.session_idx), units)
+        held = np.zeros(self.fit.data.n_ratings, dtype=bool)
+        held[units] = True
+        return held
+
+    def job(self, fold: int) -> _Refit:
+        """The refit leaving out ``fold``: seed ``fit seed + 1000 x (fold + 1)``."""
+        seed = int(self.fit.record.random_seed) + 1000 * (fold + 1)
+        return _Refit(self.fit.data, ~self.held(fold), seed, self.opts)
+
+
+@dataclass(frozen=True)
+class _Refit:
+    """One refit, as sent to a worker: the full data, the training ratings, seed, settings."""
+
+    data: RatingData
+    keep: np.ndarray
+    seed: int
+    opts: dict[str, Any]
+
+
+def _refit(job: _Refit) -> xr.DataTree:
+    """Fit the model to the training ratings; the posterior and its session-time centre.
+
+    What each worker runs (module level, so that Dask can send it). The tree
+    holds the refit's ``posterior`` and, in ``attrs["time_mean"]``, the mean
+    session time its trend is centred on.
     """
+    refit = fit_model(_train_data(job.data, job.keep), random_seed=job.seed, **job.opts)
+    times = np.asarray(refit.data.sessions["session_time"], dtype=float)
+    tree = xr.DataTree.from_dict({"posterior": refit.posterior})
+    tree.attrs["time_mean"] = float(times.mean())
+    return tree
+
+
+def _plan(
+    name: str,
+    fit: Fit,
+    by: str,
+    n_folds: int,
+    seed: int,
+    fit_options: Mapping[str, Any] | None,
+) -> _Folds:
+    """The folds and refit settings of one model (errors before any refit)."""
     data = fit.data
     if by not in ("session", "rating"):
         raise ValueError(f"K-fold needs by='session' or 'rating', got {by!r}")
@@ -184,17 +215,167 @@ def kfold_fit(
     if fit.record.target_accept:
         opts["nuts"] = {"target_accept": fit.record.target_accept}
     opts.update(fit_options or {})
+    return _Folds(name, fit, by, unit_fold, n_folds, seed, opts)
+
+
+def kfold_fit(
+    fit: Fit,
+    by: str = "session",
+    n_folds: int = 5,
+    *,
+    seed: int = 0,
+    fit_options: Mapping[str, Any] | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    quiet: bool = False,
+    name: str = "model",
+) -> ELPDDataLOOKFold:
+    """K-fold cross-validated elpd by refitting the model K times.
+
+    The bookkeeping is ``arviz_stats.loo_kfold`` with our folds (``folds=``)
+    and a :class:`RefitWrapper` that hands it each training set's refit and
+    scores the held-out units: a unit's elpd is the log of its predictive
+    density averaged over the refit's draws, ``log mean_s p(y_unit | draw s)``;
+    ``elpd`` is their sum, ``se = sqrt(n var(elpd_i))`` over the ``n`` units,
+    and ``p`` is the in-sample lpd (the same average over the full fit's
+    draws) minus ``elpd``.
+
+    The refits are independent, so they run in parallel where the machine has
+    the cores (:func:`kfold_fits`); each has its own seed, so the result is
+    the same wherever and in whichever order they ran.
+
+    Parameters
+    ----------
+    fit : the model fitted to all data (its settings are reused for the refits).
+    by : ``"session"`` (folds of whole sessions, spread within subjects; held-out
+        session deviations integrated out) or ``"rating"`` (folds of ratings,
+        spread within sessions; conditional likelihood).
+    n_folds : K.
+    seed : seed of the fold assignment (refit seeds follow from the fit's:
+        ``fit seed + 1000 x fold``, folds counted from 1).
+    fit_options : overrides of the refits' settings (``draws``, ``tune``,
+        ``chains``, ``sampler``, ``progressbar``...), passed to ``fit_model``.
+    scheduler, workers : where the refits run (see :func:`kfold_fits`; default:
+        in parallel on a Dask LocalCluster of ``min(cores / chains, K)``
+        processes where that is two or more and Dask is installed, else here).
+    progress : a :class:`~caltars_bayes._core.progress.Progress` that counts the
+        refits (one step per finished refit); default: a new one of ``n_folds``
+        steps on stderr.
+    quiet : no progress (when ``progress`` is not given).
+    name : the model's name in the progress lines.
+
+    Returns
+    -------
+    arviz_stats ``ELPDDataLOOKFold`` with ``elpd``, ``se``, ``p`` (in-sample lpd
+    minus elpd), ``elpd_i`` and ``p_kfold_i`` over the units, ``n_folds`` (the
+    folds that hold some unit) and ``n_samples`` (draws of the full fit).
+    """
     tracker = (
         nullcontext(progress)
         if progress is not None
         else Progress("K-fold refit", n_folds, quiet=quiet)
     )
     with tracker as bar:
-        empty = n_folds - len(np.unique(unit_fold))
+        return kfold_fits(
+            {name: fit},
+            by,
+            n_folds,
+            seed=seed,
+            fit_options=fit_options,
+            scheduler=scheduler,
+            workers=workers,
+            progress=bar,
+        )[name]
+
+
+def kfold_fits(
+    fits: Mapping[str, Fit],
+    by: str = "session",
+    n_folds: int = 5,
+    *,
+    seed: int = 0,
+    fit_options: Mapping[str, Any] | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    quiet: bool = False,
+) -> dict[str, ELPDDataLOOKFold]:
+    """K-fold cross-validated elpd of several models, their refits pooled (see :func:`kfold_fit`).
+
+    All models' refits (K each) are computed first, together, by
+    :func:`~caltars_bayes._core.parallel.parallel_map`, and then scored by
+    ``arviz_stats.loo_kfold``, model by model. Each refit's seed depends only
+    on its model's fit and its fold, so a parallel run gives exactly the
+    serial run's numbers.
+
+    Parameters
+    ----------
+    fits : name -> fit.
+    by, n_folds, seed, fit_options : as for :func:`kfold_fit`.
+    scheduler : where the refits run: ``None`` or ``"local"`` (default: a Dask
+        LocalCluster of ``min(workers, refits)`` processes, or this process
+        where that would be one worker or Dask is not installed), ``"serial"``
+        (this process), a Dask scheduler address ``"tcp://HOST:8786"`` or a
+        :class:`distributed.Client`.
+    workers : LocalCluster size. Default: the machine's cores divided by the
+        refits' chains (each refit samples its chains in parallel threads, so
+        a refit with 2 chains keeps 2 cores busy by itself; measured on 2
+        cores, two refits at once were no faster than one after the other);
+        1: this process.
+    progress : a :class:`~caltars_bayes._core.progress.Progress` that counts
+        the refits, one step per finished refit (``compare_fits`` passes one);
+        default: a new one of ``K x models`` steps on stderr.
+    quiet : no progress (when ``progress`` is not given).
+
+    Returns
+    -------
+    dict : name -> ``ELPDDataLOOKFold`` (as :func:`kfold_fit` returns).
+    """
+    plans = [_plan(n, f, by, n_folds, seed, fit_options) for n, f in fits.items()]
+    jobs = [(p, fold) for p in plans for fold in p.refits]
+    chains = max(int(p.opts.get("chains") or 1) for p in plans)  # threads of one refit
+    where = auto_scheduler(scheduler, workers, len(jobs), per_item=chains)
+    if where is None:  # a LocalCluster: as many refits at once as the cores hold their chains
+        workers = local_workers(len(jobs), workers, per_item=chains)
+    tracker = (
+        nullcontext(progress)
+        if progress is not None
+        else Progress("K-fold refit", n_folds * len(plans), quiet=quiet)
+    )
+    with tracker as bar:
+        empty = n_folds * len(plans) - len(jobs)
         if empty:  # a fold without units is no refit; count it at once
             bar.advance(empty)
-        wrapper = RefitWrapper(fit, by, unit_fold, n_folds, seed, opts, bar, name)
-        return loo_kfold(_in_sample_tree(fit, by), wrapper, pointwise=True, folds=unit_fold)
+        if where != SERIAL:
+            bar.working(f"{len(jobs)} refits in parallel on Dask")
+
+        def started(i: int) -> None:
+            if where == SERIAL:
+                p, fold = jobs[i]
+                bar.working(f"{p.name}, fold {fold + 1} of {n_folds}")
+
+        def done(i: int, tree: xr.DataTree) -> None:
+            p, fold = jobs[i]
+            bar.advance(note=f"{p.name}, fold {fold + 1} of {n_folds}")
+
+        trees = parallel_map(
+            _refit,
+            [p.job(fold) for p, fold in jobs],
+            scheduler=where,
+            workers=workers,
+            names=[f"kfold-{p.name}-fold{fold + 1}" for p, fold in jobs],
+            on_start=started,
+            on_done=done,
+        )
+    out = {}
+    for p in plans:
+        refits = {fold: t for (q, fold), t in zip(jobs, trees, strict=True) if q is p}
+        wrapper = RefitWrapper(p, refits)
+        out[p.name] = loo_kfold(
+            _in_sample_tree(p.fit, by), wrapper, pointwise=True, folds=p.unit_fold
+        )
+    return out
 
 
 def _in_sample_tree(fit: Fit, by: str) -> xr.DataTree:
@@ -206,65 +387,39 @@ def _in_sample_tree(fit: Fit, by: str) -> xr.DataTree:
 
 
 class RefitWrapper(SamplingWrapper):
-    """Refits of one model for ``arviz_stats.loo_kfold``, one per fold.
+    """The refits of one model, handed to ``arviz_stats.loo_kfold`` one per fold.
 
     ``loo_kfold`` calls, per fold, :meth:`sel_observations` (the held-out
-    units' indices -> training and held-out ratings), :meth:`sample` (refit
-    with :func:`~caltars_bayes.inference.fit.fit_model`, seed
-    ``fit seed + 1000 x fold``), :meth:`get_inference_data` and
+    units' indices -> the fold and its held-out ratings), :meth:`sample` (the
+    fold's refit, computed beforehand by :func:`kfold_fits`: the model fitted
+    by :func:`~caltars_bayes.inference.fit.fit_model` to the other folds with
+    seed ``fit seed + 1000 x fold``), :meth:`get_inference_data` and
     :meth:`log_likelihood__i` (log density of each held-out unit per refit
-    draw; sessions: their deviations integrated out). Each refit is one step
-    of ``bar``.
+    draw; sessions: their deviations integrated out).
     """
 
-    def __init__(
-        self,
-        fit: Fit,
-        by: str,
-        unit_fold: np.ndarray,
-        n_folds: int,
-        seed: int,
-        opts: dict[str, Any],
-        bar: Progress,
-        name: str,
-    ) -> None:
+    def __init__(self, folds: _Folds, refits: Mapping[int, xr.DataTree]) -> None:
         super().__init__(model=None)
-        self.fit, self.by, self.unit_fold, self.n_folds = fit, by, unit_fold, n_folds
-        self.seed, self.opts, self.bar, self.name = seed, opts, bar, name
-
-    def _held(self, idx: np.ndarray) -> np.ndarray:
-        """The ratings of the held-out units ``idx`` (a boolean mask over the ratings)."""
-        if self.by == "session":
-            return np.isin(np.asarray(self.fit.data.session_idx), idx)
-        held = np.zeros(self.fit.data.n_ratings, dtype=bool)
-        held[idx] = True
-        return held
+        self.folds, self.refits = folds, refits
 
     def sel_observations(self, idx: np.ndarray) -> tuple[Any, Any]:
-        """(fold, training ratings mask), (fold, held-out ratings mask, held-out units)."""
-        fold = int(self.unit_fold[idx[0]])  # ours (0-based), whatever loo_kfold numbers it
-        held = self._held(idx)
-        return (fold, ~held), (fold, held, np.asarray(idx))
+        """(fold, None), (fold, held-out ratings mask, held-out units)."""
+        fold = int(self.folds.unit_fold[idx[0]])  # ours (0-based), whatever loo_kfold numbers it
+        return (fold, None), (fold, self.folds.held(fold), np.asarray(idx))
 
-    def sample(self, modified_observed_data: Any) -> Fit:
-        """Refit the model to the training ratings (one progress step starts)."""
-        fold, keep = modified_observed_data
-        self.bar.working(f"{self.name}, fold {fold + 1} of {self.n_folds}")
-        train = _train_data(self.fit.data, keep)
-        seed = int(self.fit.record.random_seed) + 1000 * (fold + 1)
-        return fit_model(train, random_seed=seed, **self.opts)
+    def sample(self, modified_observed_data: Any) -> xr.DataTree:
+        """The fold's refit (its posterior and session-time centre)."""
+        fold, _ = modified_observed_data
+        return self.refits[fold]
 
-    def get_inference_data(self, fitted_model: Fit) -> xr.DataTree:
-        """The refit's posterior, with the session time its trend is centred on."""
-        times = np.asarray(fitted_model.data.sessions["session_time"], dtype=float)
-        tree = xr.DataTree.from_dict({"posterior": fitted_model.posterior})
-        tree.attrs["time_mean"] = float(times.mean())
-        return tree
+    def get_inference_data(self, fitted_model: xr.DataTree) -> xr.DataTree:
+        """The refit's tree as it is."""
+        return fitted_model
 
     def log_likelihood__i(self, excluded_obs: Any, idata__i: xr.DataTree) -> xr.DataArray:
         """Log density of each held-out unit per refit draw: (chain 1, draw, unit)."""
         fold, held, units = excluded_obs
-        data = self.fit.data
+        data, by = self.folds.fit.data, self.folds.by
         rows = _Rows(data, held)
         d = posterior_draws(
             idata__i["posterior"].to_dataset(),
@@ -272,13 +427,12 @@ class RefitWrapper(SamplingWrapper):
             time_mean=idata__i.attrs["time_mean"],
             allow_new_sessions=True,
         )
-        if self.by == "session":
-            rng = np.random.default_rng(self.seed + fold)
+        if by == "session":
+            rng = np.random.default_rng(self.folds.seed + fold)
             ll = session_marginal_loglik(d, rows, rng=rng)[:, units]  # type: ignore[arg-type]
         else:
             ll = rating_loglik(d, rows)  # type: ignore[arg-type]
-        dim, labels = _units(data, self.by)
-        self.bar.advance()
+        dim, labels = _units(data, by)
         return xr.DataArray(
             ll[None], dims=("chain", "draw", dim), coords={dim: [labels[u] for u in units]}
         )

@@ -35,8 +35,9 @@ from arviz_stats import compare as az_compare
 from arviz_stats.utils import ELPDData, ELPDDataLOO
 
 from caltars_bayes._core.errors import CaltarsError, CaltarsWarning
+from caltars_bayes._core.parallel import SchedulerError, check_scheduler
 from caltars_bayes._core.progress import Progress
-from caltars_bayes.analysis.compare.kfold import kfold_fit
+from caltars_bayes.analysis.compare.kfold import kfold_fits
 from caltars_bayes.analysis.compare.loo import K_THRESHOLD, loo_fit
 from caltars_bayes.analysis.compare.moment_match import loo_moment_match_fit
 
@@ -74,6 +75,8 @@ def compare_fits(
     n_folds: int = 5,
     seed: int = 0,
     fit_options: Mapping[str, Any] | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
     quiet: bool = False,
 ) -> pd.DataFrame:
     """Compare models fitted to the same ratings by cross-validated elpd.
@@ -90,6 +93,10 @@ def compare_fits(
         ``"kfold"`` (K-fold cross-validation of every model at once, K refits
         each) or ``"none"`` (keep PSIS-LOO).
     n_folds, seed, fit_options : K-fold settings (see :func:`kfold_fit`).
+    scheduler, workers : where the K-fold refits run, all models' together
+        (:func:`kfold_fits`; default: in parallel on a Dask LocalCluster where
+        the cores hold two refits' chains or more and Dask is installed, else here).
+        The refits' seeds do not depend on it, nor does the table.
     quiet : no progress. Otherwise moment matching (model by model) and the
         K-fold refits (which refit of how many, ETA) show their progress on
         stderr: a bar on a terminal, else a line at least every 10 s.
@@ -129,6 +136,7 @@ def compare_fits(
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {fallback!r}")
     _check_same_data(fits)
+    check_scheduler(scheduler)
     loos = {name: loo_fit(fit, by) for name, fit in fits.items()}
     messages: list[str] = []
 
@@ -152,13 +160,9 @@ def compare_fits(
         note(f"PSIS-LOO unreliable: {_detail(bad, loos, by)}; {action}")
     if bad and fallback == "moment_match":
         try:
-            with Progress("compare: moment matching", len(bad), quiet=quiet) as bar:
-                for n in bad:
-                    bar.working(f"{n} ({_n_high(loos[n])} high-k units)")
-                    loos[n] = loo_moment_match_fit(fits[n], loos[n], by)
-                    elpds[n] = loos[n]
-                    methods[n] = "psis+mm"
-                    bar.advance()
+            _moment_match(fits, loos, bad, by, quiet)
+            elpds.update({n: loos[n] for n in bad})
+            methods.update(dict.fromkeys(bad, "psis+mm"))
         except CaltarsError as exc:
             note(f"moment matching not possible ({exc}); {n_folds}-fold cross-validation instead")
             kfold = True
@@ -172,20 +176,28 @@ def compare_fits(
                 kfold = True
     if kfold:
         try:
-            total = n_folds * len(fits)
-            with Progress("compare: K-fold refit", total, quiet=quiet) as bar:
-                elpds = {
-                    n: kfold_fit(
-                        f, by, n_folds, seed=seed, fit_options=fit_options, progress=bar, name=n
-                    )
-                    for n, f in fits.items()
-                }
-            methods = dict.fromkeys(fits, f"kfold({n_folds})")
+            with Progress("compare: K-fold refit", n_folds * len(fits), quiet=quiet) as bar:
+                run = {"scheduler": scheduler, "workers": workers, "progress": bar}
+                kf = kfold_fits(fits, by, n_folds, seed=seed, fit_options=fit_options, **run)
+            elpds, methods = dict(kf), dict.fromkeys(fits, f"kfold({n_folds})")
+        except SchedulerError:
+            raise  # where to run was asked for and is wrong: no silent fallback
         except CaltarsError as exc:
             note(f"K-fold not possible ({exc}); PSIS-LOO kept")
     out = _table(fits, loos, elpds, methods, by)
     out.attrs["warnings"] = messages
     return out[COMPARE_COLUMNS]
+
+
+def _moment_match(
+    fits: Mapping[str, Fit], loos: dict[str, ELPDDataLOO], bad: list[str], by: str, quiet: bool
+) -> None:
+    """Replace the PSIS-LOO of each model in ``bad`` by its moment-matched one, with progress."""
+    with Progress("compare: moment matching", len(bad), quiet=quiet) as bar:
+        for n in bad:
+            bar.working(f"{n} ({_n_high(loos[n])} high-k units)")
+            loos[n] = loo_moment_match_fit(fits[n], loos[n], by)
+            bar.advance()
 
 
 def _n_high(lo: ELPDDataLOO) -> int:
