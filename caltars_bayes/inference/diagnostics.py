@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from caltars_bayes.inference.mcmcstats import dataset_convergence
+from caltars_bayes.inference.mcmcstats import ConvergenceCache, dataset_convergence
 
 RHAT_MAX = 1.01
 ESS_MIN = 400.0
@@ -148,6 +148,7 @@ def check_convergence(
     var_names: list[str] | None = None,
     approximate: bool = False,
     max_checked: int | None = MAX_CHECKED,
+    cache: ConvergenceCache | None = None,
 ) -> Diagnostics:
     """Check R-hat, bulk/tail ESS, divergences, E-BFMI and tree depth.
 
@@ -155,8 +156,9 @@ def check_convergence(
     correlation matrix) are skipped. Variables with more than ``max_checked``
     elements are checked on a seeded random subset of that size (recorded in
     ``Diagnostics.subsampled``). R-hat and ESS come from
-    :mod:`caltars_bayes.inference.mcmcstats` (ArviZ's definitions, vectorised).
-    Returns a :class:`Diagnostics`.
+    :mod:`caltars_bayes.inference.mcmcstats` (ArviZ's definitions, vectorised);
+    with a ``cache`` (:class:`~caltars_bayes.inference.mcmcstats.ConvergenceCache`)
+    they are kept for the fit's summary table. Returns a :class:`Diagnostics`.
     """
     if isinstance(posterior, xr.DataTree):
         posterior = posterior.to_dataset()
@@ -169,7 +171,7 @@ def check_convergence(
     subset: dict[str, tuple[int, int]] = {}
     max_rhat, min_bulk, min_tail = 1.0, np.inf, np.inf
     if not approximate:
-        r, eb, et, subset = dataset_convergence(post, max_values=max_checked)
+        r, eb, et, subset = dataset_convergence(post, max_values=max_checked, cache=cache)
         spread = post.max(("chain", "draw")) - post.min(("chain", "draw"))
         for v in names:
             varies = np.asarray(spread[v].values) > 1e-12

@@ -40,6 +40,7 @@ from caltars_bayes.inference.arviz_tree import LogLikBy, fit_datatree, saved_gro
 from caltars_bayes.inference.diagnostics import Diagnostics, check_convergence
 from caltars_bayes.inference.display import fit_html
 from caltars_bayes.inference.extend import Extension, default_max_draws
+from caltars_bayes.inference.mcmcstats import ConvergenceCache
 from caltars_bayes.inference.record import (
     FORMAT_VERSION,
     FitRecord,
@@ -89,6 +90,9 @@ class Fit:
     diagnostics : the convergence verdict, checked on every fit.
     record : how the fit was made (:class:`~caltars_bayes.inference.record.FitRecord`).
     directory : the fit directory it was saved to or loaded from (None before saving).
+    convergence_cache : R-hat and ESS of posterior elements computed so far (by
+        the verdict, then by :meth:`summary`), so each is computed once; not
+        saved. It serves only the arrays it was computed from.
     """
 
     datatree: xr.DataTree
@@ -97,6 +101,9 @@ class Fit:
     diagnostics: Diagnostics
     record: FitRecord
     directory: Path | None = field(default=None, compare=False)
+    convergence_cache: ConvergenceCache = field(
+        default_factory=ConvergenceCache, repr=False, compare=False
+    )
 
     @property
     def instrument(self) -> Instrument:
@@ -294,6 +301,7 @@ def fit_model(
     nuts = dict(nuts or {})
     target_accept = float(nuts.pop("target_accept", am.options.target_accept))
     extension = _extension(sampler, draws, chains, max_draws) if method == "nuts" else None
+    cache = ConvergenceCache()  # the verdict's R-hat and ESS, kept for the summary table
     if method != "nuts":
         dt, timings, info = run_approx(
             pm_model,
@@ -321,7 +329,7 @@ def fit_model(
             extend=None if extension is None else _extension_check(extension),
         )  # fmt: skip
         compile_source = str(dt.attrs.get("compile_source", ""))
-        dt, diag = _verdict(dt, extension, progressbar)
+        dt, diag = _verdict(dt, extension, progressbar, cache)
         defaults = sampler_defaults(sampler, am.plan.short_trajectory_cap)
         settings = {"sampler": sampler, "method": "NUTS", "tune": tune, "chains": chains}
         # the options the sampler ran with that the caller did not give
@@ -349,7 +357,7 @@ def fit_model(
             else None
         ),
     )
-    return Fit(dt, data, am.plan, diag, record)
+    return Fit(dt, data, am.plan, diag, record, convergence_cache=cache)
 
 
 def _extension(sampler: str, draws: int, chains: int, max_draws: int | None) -> Extension | None:
@@ -359,11 +367,12 @@ def _extension(sampler: str, draws: int, chains: int, max_draws: int | None) -> 
 
 
 def _verdict(
-    dt: xr.DataTree, extension: Extension | None, progressbar: bool
+    dt: xr.DataTree, extension: Extension | None, progressbar: bool, cache: ConvergenceCache
 ) -> tuple[xr.DataTree, Diagnostics]:
-    """The fit's groups and verdict, with the extension's line when it was extended."""
+    """The fit's groups and verdict, with the extension's line when it was extended;
+    the element statistics computed go to ``cache`` (for the summary table)."""
     dt = _tidy(dt)
-    diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
+    diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"), cache=cache)
     if extension is not None and extension.extended:
         diag.extension = extension.message(diag)
         if progressbar:

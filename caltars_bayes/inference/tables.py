@@ -39,7 +39,11 @@ def _label(name: str, index: pd.Index | None) -> list[str]:
 
 
 def posterior_summary(fit: FitParts, var_names: list[str] | None = None) -> pd.DataFrame:
-    """Every reported parameter: mean, sd, median, 95% HDI, R-hat, bulk/tail ESS."""
+    """Every reported parameter: mean, sd, median, 95% HDI, R-hat, bulk/tail ESS.
+
+    R-hat and ESS already computed for the fit's verdict are reused (the
+    fit's ``convergence_cache``, when it has one).
+    """
     post = fit.posterior
     names = var_names or reported_variables(post)
     names = [n for n in names if n in post]
@@ -47,7 +51,7 @@ def posterior_summary(fit: FitParts, var_names: list[str] | None = None) -> pd.D
     diag = not fit.diagnostics.approximate
     sub = post[names]
     if diag:
-        r, eb, et, _ = dataset_convergence(sub)
+        r, eb, et, _ = dataset_convergence(sub, cache=getattr(fit, "convergence_cache", None))
     for n in names:
         da = post[n]
         if n == "factor_corr":  # upper triangle only: unit diagonal and symmetry add nothing

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 MAX_FLAGGED = 6
 #: the name of the judges' log discrimination in :func:`judge_draws`
 LOG_DISCRIMINATION = "log discrimination"
+#: judges shown at most in the judges figure (:func:`shown_judges`). Measured
+#: (benchmarks/real_size.py, crossed shape: 2,972 judges) a forest of every
+#: judge was 1,660 inches tall and took 97 s to draw and write.
+MAX_FOREST_JUDGES = 40
 
 
 def _sel_label(post: xr.Dataset, label: str) -> xr.DataArray | None:
@@ -177,6 +181,28 @@ def judge_draws(fit: Fit) -> xr.Dataset:
     return out.reset_coords(drop=True)
 
 
+def shown_judges(draws: xr.Dataset, max_judges: int = MAX_FOREST_JUDGES) -> list[str] | None:
+    """The judges the judges figure shows when there are more than ``max_judges``.
+
+    The ``max_judges`` judges farthest from the average judge: by the largest
+    absolute posterior median of any of their severities and their log
+    discrimination (all are 0 for the average judge), in the table's order.
+    None when every judge is shown.
+    """
+    judges = draws["judge"].values
+    if len(judges) <= max_judges:
+        return None
+    far = np.zeros(len(judges))
+    for v in draws.data_vars:
+        med = abs(draws[v].median(SAMPLE_DIMS))
+        other = [d for d in med.dims if d != "judge"]
+        if other:
+            med = med.max(other)
+        far = np.maximum(far, np.asarray(med.transpose("judge").values, dtype=float))
+    keep = np.sort(np.argsort(-far, kind="stable")[:max_judges])
+    return [str(j) for j in judges[keep]]
+
+
 def plot_judges(fit: Fit) -> Figure:
     """Judge severity (per scale) and log discrimination: posterior medians, 50% and 95% HDIs.
 
@@ -184,8 +210,11 @@ def plot_judges(fit: Fit) -> Figure:
     one row per scale and judge for severity (logits; higher: the judge rates
     lower), one per judge for log discrimination (0: the average judge;
     higher: ratings track alliance more sharply), one colour per judge. Both
-    are centred at zero (a vertical line), so one axis holds them. Raises
-    :class:`CaltarsError` for a fit without judge effects (one judge).
+    are centred at zero (a vertical line), so one axis holds them. With more
+    than :data:`MAX_FOREST_JUDGES` judges it shows the judges farthest from
+    the average (:func:`shown_judges`) and its title says so (every judge is
+    in ``judges.csv``). Raises :class:`CaltarsError` for a fit without judge
+    effects (one judge).
     """
     import arviz_plots as azp
     from arviz_base.labels import BaseLabeller
@@ -193,6 +222,10 @@ def plot_judges(fit: Fit) -> Figure:
     draws = judge_draws(fit)
     if not draws.data_vars:
         raise CaltarsError("this fit has no judge effects (one judge): nothing to plot")
+    n_judges = draws.sizes["judge"]
+    picked = shown_judges(draws)
+    if picked is not None:
+        draws = draws.sel(judge=picked)
     rows = sum(int(np.prod([draws[v].sizes[d] for d in draws[v].dims[2:]])) for v in draws)
     labels = ["__variable__", *(["scale"] if "severity" in draws else []), "judge"]
     options: dict[str, Any] = dict(
@@ -216,5 +249,11 @@ def plot_judges(fit: Fit) -> Figure:
     pc.viz["plot"].sel(column="labels").item().set_xticks([])
     forest.axvline(0, color="grey", lw=0.8, zorder=0)
     forest.set_xlabel("logits (severity: higher = rates lower; log discrimination: 0 = average)")
-    verdict_title(fig, f"Judges: posterior median, 50% and {CI_PROB:.0%} HDI", fit)
+    title = f"Judges: posterior median, 50% and {CI_PROB:.0%} HDI"
+    if picked is not None:
+        title += (
+            f" ({len(picked)} of {n_judges:,} judges: those farthest from the average; "
+            "all in judges.csv)"
+        )
+    verdict_title(fig, title, fit)
     return fig

@@ -34,6 +34,15 @@ CATEGORY_PPC_DRAWS = 50
 MAX_SUBJECT_TICKS = 40
 #: cells of the design map written as numbers at most
 MAX_ANNOTATED_CELLS = 300
+#: judge labels shown at most along the design map's axis (and rows of figure
+#: height: a taller map is not drawn taller). Measured (benchmarks/real_size.py,
+#: crossed shape: 2,972 judges) one label and 0.32 in per judge made a 950-inch
+#: figure that took 126 s to draw and write.
+MAX_JUDGE_TICKS = 40
+#: subjects up to which white lines separate the subjects' sessions; beyond,
+#: the lines (one pixel each) would cover the map (2,800 survey respondents on
+#: a 12-inch figure: 1,800 pixels)
+MAX_SUBJECT_LINES = 200
 
 
 # --------------------------------------------------------------------------- design map
@@ -63,7 +72,11 @@ def plot_design(data: RatingData | Fit) -> Figure:
     rate the session, else a colour for the number of items rated (the
     colour bar; the top of the scale is every item). Small designs also get
     the counts written in the cells. The title counts the judge x session
-    cells rated and the incomplete ones.
+    cells rated and the incomplete ones. Large designs keep every cell in the
+    image but label at most :data:`MAX_SUBJECT_TICKS` subjects and
+    :data:`MAX_JUDGE_TICKS` judges (evenly spaced), are no taller than
+    :data:`MAX_JUDGE_TICKS` judge rows, and separate subjects by lines only up
+    to :data:`MAX_SUBJECT_LINES` subjects.
 
     Parameters
     ----------
@@ -81,18 +94,20 @@ def plot_design(data: RatingData | Fit) -> Figure:
     values = np.ma.masked_equal(counts.to_numpy(), 0)
     cmap = plt.get_cmap("viridis").with_extremes(bad="#e0e0e0")
     width = min(12.0, max(5.5, 0.07 * ns + 2.5))
-    fig, ax = plt.subplots(figsize=(width, 0.32 * nj + 1.9))
+    fig, ax = plt.subplots(figsize=(width, 0.32 * min(nj, MAX_JUDGE_TICKS) + 1.9))
     im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=0, vmax=n_items,
                    interpolation="nearest", gid="design_counts")  # fmt: skip
     subjects = ratings.sessions["subject"].astype(str).to_numpy()
     starts = np.flatnonzero(np.r_[True, subjects[1:] != subjects[:-1]])
     ends = np.r_[starts[1:], ns]
-    for b in starts[1:]:
-        ax.axvline(b - 0.5, color="white", lw=0.8)
+    if len(starts) <= MAX_SUBJECT_LINES:
+        for b in starts[1:]:
+            ax.axvline(b - 0.5, color="white", lw=0.8)
     step = max(1, math.ceil(len(starts) / MAX_SUBJECT_TICKS))
     ax.set_xticks((starts[::step] + ends[::step] - 1) / 2, subjects[starts[::step]],
                   rotation=90, fontsize=7)  # fmt: skip
-    ax.set_yticks(range(nj), list(counts.index), fontsize=8)
+    j_step = max(1, math.ceil(nj / MAX_JUDGE_TICKS))
+    ax.set_yticks(range(0, nj, j_step), list(counts.index)[::j_step], fontsize=8)
     ax.set_xlabel("sessions, grouped by subject")
     ax.set_ylabel("judge")
     if nj * ns <= MAX_ANNOTATED_CELLS:

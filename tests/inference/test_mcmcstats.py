@@ -85,3 +85,36 @@ def test_dataset_subset_is_recorded_and_seeded():
     d = check_convergence(ds, max_checked=20)
     assert d.subsampled == {"big": [20, 50]}
     assert "a random 20 of its 50 values checked" in str(d)
+
+
+def test_cache_computes_each_element_once_with_the_same_numbers(monkeypatch):
+    """The verdict's subset is reused by a later full call; a replaced array is recomputed."""
+    from caltars_bayes.inference import mcmcstats
+
+    rng = np.random.default_rng(11)
+    ds = xr.Dataset({"big": (("chain", "draw", "s"), rng.normal(size=(2, 60, 30)))})
+    seen: list[int] = []
+    real = mcmcstats.convergence_stats
+
+    def counting(x, probs=mcmcstats.TAIL_PROBS, chunk=256, columns=None):
+        seen.append(len(columns))
+        return real(x, probs, chunk, columns)
+
+    plain = dataset_convergence(ds)
+    plain_sub = dataset_convergence(ds, max_values=12)
+    monkeypatch.setattr(mcmcstats, "convergence_stats", counting)
+    cache = mcmcstats.ConvergenceCache()
+    sub = dataset_convergence(ds, max_values=12, cache=cache)
+    full = dataset_convergence(ds, cache=cache)
+    assert seen == [12, 18]  # the 18 not checked before, and only those
+    for a, b in zip(full[:3], plain[:3], strict=True):
+        xr.testing.assert_allclose(a, b, rtol=1e-12)
+    # the subset call still reports NaN where it did not check, cache or not
+    xr.testing.assert_identical(sub[1], plain_sub[1])
+    again = dataset_convergence(ds, cache=cache)
+    assert seen == [12, 18]  # nothing left to compute
+    xr.testing.assert_identical(again[0], full[0])
+    other = ds.copy(deep=True)  # new draws under the same name: not served from the cache
+    other["big"] = other["big"] * 2.0 + 1.0
+    dataset_convergence(other, cache=cache)
+    assert seen == [12, 18, 30]

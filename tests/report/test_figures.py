@@ -9,6 +9,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 matplotlib.use("Agg")
 
@@ -16,6 +17,7 @@ from caltars_bayes._core.errors import CaltarsError
 from caltars_bayes.analysis.reliability import reliability
 from caltars_bayes.analysis.structure import standardised_loadings
 from caltars_bayes.data.ratings import RatingData
+from caltars_bayes.model.simulate import simulate_trial
 from caltars_bayes.report.plots_data import (
     category_tree,
     design_counts,
@@ -223,3 +225,43 @@ def test_hypotheses_file_is_named_not_located(tiny_fit, tmp_path, close):
     text = " ".join(section.text)
     assert "Hypotheses (my-hyps.toml)" in text
     assert str(tmp_path) not in text
+
+
+def test_design_map_of_many_judges_keeps_every_cell_and_labels_a_few(calpas, close, monkeypatch):
+    from caltars_bayes.report import plots_data
+
+    data = simulate_trial(calpas, n_subjects=3, n_sessions=1, n_judges=50, seed=1).to_rating_data()
+    monkeypatch.setattr(plots_data, "MAX_SUBJECT_LINES", 2)
+    fig = plot_design(data)
+    close(fig)
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(
+        np.ma.filled(ax.images[0].get_array(), 0), design_counts(data).to_numpy()
+    )
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == list(data.judges)[:: int(np.ceil(50 / plots_data.MAX_JUDGE_TICKS))]
+    assert fig.get_size_inches()[1] <= 0.32 * plots_data.MAX_JUDGE_TICKS + 1.9 + 1e-9
+    assert not ax.lines  # 3 subjects > MAX_SUBJECT_LINES: no separating lines
+
+
+def test_judges_figure_of_many_judges_shows_those_farthest_from_average():
+    from caltars_bayes.report.plots import shown_judges
+
+    rng = np.random.default_rng(0)
+    n = 45
+    sev = rng.normal(0, 0.1, (2, 20, 2, n))
+    sev[..., 1, 7] += 3.0  # far on one scale only
+    logd = rng.normal(0, 0.1, (2, 20, n))
+    logd[..., 30] -= 2.0
+    judges = [f"J{i:02d}" for i in range(n)]
+    draws = xr.Dataset(
+        {"severity": (("chain", "draw", "scale", "judge"), sev),
+         "log discrimination": (("chain", "draw", "judge"), logd)},
+        coords={"judge": judges, "scale": ["A", "B"]},
+    )  # fmt: skip
+    assert shown_judges(draws, max_judges=n) is None
+    picked = shown_judges(draws, max_judges=5)
+    assert picked is not None and len(picked) == 5
+    assert {"J07", "J30"} <= set(picked) and picked == sorted(picked)
+    far = np.maximum(np.abs(np.median(sev, (0, 1))).max(0), np.abs(np.median(logd, (0, 1))))
+    assert set(picked) == {judges[i] for i in np.argsort(-far)[:5]}

@@ -249,7 +249,10 @@ def classical_reliability(data: RatingData) -> pd.DataFrame:
     two-way ANOVA (:func:`caltars_bayes.analysis.classical.icc.icc_shrout_fleiss`); an
     incomplete one REML variance components of the crossed random-effects
     model (:func:`caltars_bayes.analysis.classical.icc.icc_unbalanced`), never listwise
-    deletion.
+    deletion. When every subject has one session the treatment-level table is
+    the session-level one, so its rows are copied, not computed again
+    (measured: the REML fit of a sparse 1,128 subjects x 2,972 judges table
+    took 128 s, benchmarks/real_size.py, crossed shape).
 
     Returns
     -------
@@ -257,8 +260,13 @@ def classical_reliability(data: RatingData) -> pd.DataFrame:
     df2, p, ci_low, ci_high, method, n_targets, n_judges, n_obs`` (six rows
     per scale and level; empty when fewer than two judges rated a target).
     """
-    parts = []
+    parts: list[pd.DataFrame] = []
+    one_session = bool(data.sessions["subject"].is_unique)
     for level, targets in (("session", ["subject", "session"]), ("treatment", ["subject"])):
+        if level == "treatment" and one_session:
+            # each subject's one session is its treatment: the same table and ICCs
+            parts += [p.assign(level="treatment") for p in list(parts)]
+            break
         scores = data.scale_scores("session" if level == "session" else "subject", by_judge=True)
         for scale in data.scales:
             sub = scores[[*targets, "judge", scale]].dropna()

@@ -18,6 +18,22 @@ if TYPE_CHECKING:
 
 #: Draws used by :func:`judge_reliability` by default.
 JUDGE_DRAWS = 400
+#: Category probabilities (judges x sessions x items x cutpoints x draws) that
+#: :func:`judge_reliability` evaluates at most by default: designs above it use
+#: fewer draws, never fewer than :data:`MIN_JUDGE_DRAWS`. It keeps 400 draws up
+#: to 10x the founding design (3 judges x 2,080 sessions x 30 items x 4
+#: cutpoints); measured (benchmarks/real_size.py, crossed shape: 2,972 judges
+#: x 1,128 sessions x 1 item x 4 cutpoints) 400 draws took 126 s.
+JUDGE_WORK = 1.5e9
+#: the fewest draws :data:`JUDGE_WORK` leaves
+MIN_JUDGE_DRAWS = 100
+
+
+def judge_draws_for(n_judges: int, n_sessions: int, n_items: int, n_cutpoints: int) -> int:
+    """Default draws of :func:`judge_reliability`: :data:`JUDGE_DRAWS`, fewer (down
+    to :data:`MIN_JUDGE_DRAWS`) where the design would exceed :data:`JUDGE_WORK`."""
+    per_draw = max(1, n_judges * n_sessions * n_items * n_cutpoints)
+    return int(min(JUDGE_DRAWS, max(MIN_JUDGE_DRAWS, JUDGE_WORK // per_draw)))
 
 
 def _judge_moments(
@@ -55,7 +71,7 @@ def _judge_moments(
 
 
 def judge_reliability(
-    fit: Fit, prob: float = CI_PROB, *, max_draws: int | None = JUDGE_DRAWS, seed: int = 0
+    fit: Fit, prob: float = CI_PROB, *, max_draws: int | None = -1, seed: int = 0
 ) -> pd.DataFrame:
     """Each judge's reliability per scale: correlation of its ratings with the true alliance.
 
@@ -72,6 +88,10 @@ def judge_reliability(
     A judge is flagged when the ``prob`` HDI of its correlation minus the mean
     correlation of the *other* judges lies entirely below 0.
 
+    ``max_draws``: draws used (evenly thinned within chains; None: all); by
+    default (a negative value) :func:`judge_draws_for` the design: 400, fewer
+    for very large designs (``n_draws`` in the table says how many).
+
     Returns
     -------
     DataFrame with columns ``judge, scale, mean, sd, median, hdi_low,
@@ -82,6 +102,9 @@ def judge_reliability(
     """
     post, data = fit.posterior, fit.data
     n_c, n_d = post.sizes["chain"], post.sizes["draw"]
+    if max_draws is not None and max_draws < 0:
+        cuts = data.instrument.n_categories - 1
+        max_draws = judge_draws_for(data.n_judges, data.n_sessions, data.n_items, cuts)
     ci, di = _thin(n_c, n_d, max_draws)
     eta = _take(session_alliance(fit), ci, di, ["session", "scale"])
     loading = _take(post["loading"], ci, di, ["item"])
