@@ -92,6 +92,24 @@ def interaction_misfit(calpas):
 
 
 @pytest.fixture(scope="session")
+def thread_client():
+    """A Dask cluster of two worker threads in this process (starts in about a
+    second; a stubbed ``fit_model`` reaches it)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )  # fmt: skip
+    client = Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
 def dask_client():
     """A Dask LocalCluster of 2 single-threaded worker processes (tests of the Dask machinery)."""
     import logging

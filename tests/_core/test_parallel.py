@@ -3,7 +3,6 @@ errors raised or returned; the scheduler choices (auto, local size, bad names)."
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 
@@ -31,24 +30,6 @@ def _fail_on_two(x: int) -> int:
     if x == 2:
         raise ValueError(f"bad item {x}")
     return x
-
-
-@pytest.fixture(scope="module")
-def thread_client():
-    """A Dask cluster of two worker threads in this process (starts in about a second)."""
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=False,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
 
 
 def test_serial_map_in_order_with_callbacks():

@@ -569,26 +569,6 @@ def test_kfold_refits_write_progress_lines_to_a_non_terminal(vague_pair, monkeyp
 # --------------------------------------------------------------------------- parallel refits
 
 
-@pytest.fixture(scope="module")
-def thread_client():
-    """A Dask cluster of two worker threads in this process: the stubbed fit_model reaches it."""
-    import logging
-
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=False,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    client = Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 def test_parallel_refits_equal_serial_ones(vague_pair, thread_client, monkeypatch):
     """Both models' refits pooled on Dask give the serial K-fold exactly: each refit is
     the fit's draws subsampled by its seed (a wrong seed or fold would change elpd_i),

@@ -251,8 +251,9 @@ def classical_reliability(data: RatingData) -> pd.DataFrame:
     model (:func:`caltars_bayes.analysis.classical.icc.icc_unbalanced`), never listwise
     deletion. When every subject has one session the treatment-level table is
     the session-level one, so its rows are copied, not computed again
-    (measured: the REML fit of a sparse 1,128 subjects x 2,972 judges table
-    took 128 s, benchmarks/real_size.py, crossed shape).
+    (the REML fit of a sparse 1,128 subjects x 2,972 judges table, the
+    crossed shape of benchmarks/real_size.py, took 128 s before the fit was
+    made sparse, and about 2 s since; see :mod:`caltars_bayes.analysis.classical.reml`).
 
     Returns
     -------
