@@ -639,3 +639,23 @@ def test_kfold_refits_in_worker_processes_equal_serial_refits(vague_pair, dask_c
     parallel = compare.kfold_fit(fit, scheduler=dask_client, **kw)
     np.testing.assert_array_equal(parallel.elpd_i.values, serial.elpd_i.values)
     assert parallel.elpd == serial.elpd and np.isfinite(serial.elpd)
+
+
+def test_refits_take_the_full_fits_settings_not_its_outcome(vague_pair):
+    """Refits ask for the draws the full fit asked for, with its cap and sampler
+    options, and store what it stored (so that they reuse its compiled model)."""
+    fit = copy.copy(vague_pair["a"])
+    extended = {"requested_draws": 1000, "max_draws": 4000, "draws": 1500}
+    fit.record = dataclasses.replace(
+        fit.record, sampler="nutpie", draws=1500, max_draws=4000, extension=extended, nuts={},
+        timings={"sampling_s": 1.0, "deterministics_s": 0.2},
+    )  # fmt: skip
+    opts = compare_kfold._plan("a", fit, "session", 3, 0, None).opts
+    assert (opts["draws"], opts["max_draws"]) == (1000, 4000)
+    assert opts["nuts"]["deterministics"] == "after"
+    fit.record = dataclasses.replace(fit.record, extension=None, timings={"sampling_s": 1.0})
+    opts = compare_kfold._plan("a", fit, "session", 3, 0, {"draws": 50}).opts
+    assert opts["draws"] == 50 and opts["nuts"]["deterministics"] == "during"
+    fit.record = dataclasses.replace(fit.record, nuts={"deterministics": "after", "maxdepth": 8})
+    nuts = compare_kfold._plan("a", fit, "session", 3, 0, None).opts["nuts"]
+    assert (nuts["deterministics"], nuts["maxdepth"]) == ("after", 8)  # the caller's options

@@ -205,15 +205,31 @@ def _plan(
         unit_fold = session_folds(data, n_folds, seed)
     else:
         unit_fold = rating_folds(data, n_folds, seed)
+    # the full fit's settings, not its outcome: the draws it asked for and its
+    # cap, so that each refit extends itself only as far as it needs (given the
+    # full fit's 1,500 extended draws, a 45-subject refit extended to 2,625 and
+    # took 40.7 s against the full fit's 32.7 s)
+    extension = fit.record.extension or {}
     opts: dict[str, Any] = {
-        "draws": fit.record.draws,
+        "draws": int(extension.get("requested_draws", fit.record.draws)),
+        "max_draws": fit.record.max_draws,
         "tune": fit.record.tune,
         "chains": fit.record.chains,
         "sampler": fit.record.sampler,
         "progressbar": False,
     }
+    nuts = dict(fit.record.nuts)  # the sampler options the full fit was given
     if fit.record.target_accept:
-        opts["nuts"] = {"target_accept": fit.record.target_accept}
+        nuts["target_accept"] = fit.record.target_accept
+    if nuts:
+        opts["nuts"] = nuts
+    if fit.record.sampler == "nutpie" and "deterministics" not in nuts:
+        # store what the full fit stored, so that the refits reuse its compiled
+        # model: by default nutpie leaves the deterministics out by their size
+        # (sampling.DETERMINISTICS_AFTER_BYTES), which a smaller training set
+        # can tip the other way, and the other choice is another compiled model
+        after = "deterministics_s" in fit.record.timings
+        opts["nuts"] = {**opts.get("nuts", {}), "deterministics": "after" if after else "during"}
     opts.update(fit_options or {})
     return _Folds(name, fit, by, unit_fold, n_folds, seed, opts)
 
