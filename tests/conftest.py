@@ -111,25 +111,14 @@ def thread_client():
 
 @pytest.fixture(scope="session")
 def dask_client():
-    """A Dask LocalCluster of 2 single-threaded worker processes (tests of the Dask machinery)."""
-    import logging
+    """A Dask LocalCluster of 2 single-threaded worker processes (tests of the Dask machinery),
+    made as the package makes its own (:func:`caltars_bayes._core.parallel.cluster_client`)."""
+    from caltars_bayes._core.parallel import LOCAL, cluster_client
 
-    from distributed import Client, LocalCluster
-
-    from caltars_bayes._core.parallel import WORKER_ENV
-
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-        env=WORKER_ENV,
-    )
-    client = Client(cluster)
+    client, to_close = cluster_client(LOCAL, 2)
     yield client
-    client.close()
-    cluster.close()
+    for thing in to_close:
+        thing.close()
 
 
 @pytest.fixture(scope="session")

@@ -403,7 +403,8 @@ def _fake_mm(calls, k_after):
     ("fallback", "k_after", "expected", "n_warnings"),
     [
         ("moment_match", 0.3, ["mm", "mm"], 1),
-        ("moment_match", 0.9, ["mm", "mm", "kfold", "kfold"], 2),
+        # the first model's units stay high: K-fold follows, the second is not matched
+        ("moment_match", 0.9, ["mm", "kfold", "kfold"], 2),
         ("kfold", 0.3, ["kfold", "kfold"], 1),
         ("none", 0.3, [], 1),
     ],
@@ -429,8 +430,8 @@ def test_compare_fallback_routing(vague_pair, monkeypatch, fallback, k_after, ex
             assert row.loc[n, "elpd"] == pytest.approx(lo.elpd + 0.5)
         else:
             assert row.loc[n, "method"] == "psis" and row.loc[n, "elpd"] == pytest.approx(lo.elpd)
-        # k columns: after moment matching where it ran, else PSIS's own
-        k_max = k_after if "mm" in expected else float(lo.pareto_k.max())
+        # k columns: after moment matching where that is the method, else PSIS's own
+        k_max = k_after if row.loc[n, "method"] == "psis+mm" else float(lo.pareto_k.max())
         assert row.loc[n, "pareto_k_max"] == pytest.approx(k_max)
     if n_warnings == 2:
         assert "after moment matching" in table.attrs["warnings"][1]
@@ -659,3 +660,31 @@ def test_refits_take_the_full_fits_settings_not_its_outcome(vague_pair):
     fit.record = dataclasses.replace(fit.record, nuts={"deterministics": "after", "maxdepth": 8})
     nuts = compare_kfold._plan("a", fit, "session", 3, 0, None).opts["nuts"]
     assert (nuts["deterministics"], nuts["maxdepth"]) == ("after", 8)  # the caller's options
+
+
+def test_moment_matching_stops_at_the_first_unit_that_stays_high(calpas, monkeypatch):
+    """``stop_above``: the units after the first one still above it keep their PSIS values."""
+    trial = simulate_trial(calpas, n_subjects=6, n_sessions=2, n_judges=2, seed=6)
+    fit, _ = prior_fit(trial.to_rating_data(), draws=40, seed=2)  # prior draws: high k
+    um = UnconstrainedModel(fit, mode="FAST_COMPILE")
+    psis = loo_fit(fit, "session")
+    high = np.flatnonzero(psis.pareto_k.values > psis.good_k)
+    assert high.size >= 2, psis.pareto_k.values
+    calls = []
+
+    def stays_high(self, tree_, sub_, log_prob_, log_lik_i_, upars_):
+        calls.append(1)
+        out = copy.deepcopy(sub_)
+        out.pareto_k = sub_.pareto_k * 0 + 0.95
+        return out
+
+    monkeypatch.setattr(compare_mm._Matcher, "match", stays_high)
+    every = compare.loo_moment_match_fit(fit, psis, "session", model=um)
+    assert len(calls) == high.size
+    np.testing.assert_allclose(every.pareto_k.values[high], 0.95)
+    calls.clear()
+    first = compare.loo_moment_match_fit(fit, psis, "session", model=um, stop_above=0.7)
+    assert len(calls) == 1
+    assert first.pareto_k.values[high[0]] == pytest.approx(0.95)
+    np.testing.assert_array_equal(first.pareto_k.values[high[1:]], psis.pareto_k.values[high[1:]])
+    np.testing.assert_array_equal(first.elpd_i.values[high[1:]], psis.elpd_i.values[high[1:]])

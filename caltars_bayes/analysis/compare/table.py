@@ -9,7 +9,7 @@ Pareto k and the fallbacks
 When any model has units with Pareto k above
 :data:`~caltars_bayes.analysis.compare.loo.K_THRESHOLD` (0.7),
 :func:`compare_fits` warns (:class:`~caltars_bayes._core.errors.CaltarsWarning`)
-and, by default (``fallback="moment_match"``), first improves them by
+and, by default (``fallback="moment_match"``), first tries to improve them by
 importance-weighted moment matching
 (:func:`~caltars_bayes.analysis.compare.moment_match.loo_moment_match_fit`;
 Paananen et al. 2021): the posterior draws, on the model's unconstrained space
@@ -17,7 +17,8 @@ Paananen et al. 2021): the posterior draws, on the model's unconstrained space
 leave-one-out posterior and reweighted with the model's joint density, so no
 refit is needed. For ``by="session"`` the held-out likelihood is the integrated
 session likelihood, as in PSIS-LOO. If some unit still has k > 0.7 afterwards
-(or the fit's model cannot be rebuilt, e.g. borrowed priors), it warns again
+(matching stops at the first such unit, since what follows replaces it all),
+or the fit's model cannot be rebuilt (e.g. borrowed priors), it warns again
 and re-estimates *every* model's elpd by K-fold cross-validation
 (:func:`~caltars_bayes.analysis.compare.kfold.kfold_fit`; ``fallback="kfold"``
 does so at once), so that all models are compared with the same estimator.
@@ -118,8 +119,8 @@ def compare_fits(
         Effective number of parameters (in-sample lpd minus elpd).
     ``pareto_k_max``, ``n_high_k``
         Largest Pareto k and the number of units with k > 0.7 of the
-        importance-sampling estimate: after moment matching where it was
-        applied, else of plain PSIS (also when K-fold replaced it).
+        importance-sampling estimate: after moment matching where that is the
+        method (``psis+mm``), else of plain PSIS (also when K-fold replaced it).
     ``n_units``, ``by``
         Number and kind of left-out units.
     ``method``
@@ -158,20 +159,21 @@ def compare_fits(
             "none": "PSIS-LOO kept (fallback disabled): treat these elpd values with caution",
         }[fallback]
         note(f"PSIS-LOO unreliable: {_detail(bad, loos, by)}; {action}")
+    psis = dict(loos)
     if bad and fallback == "moment_match":
         try:
-            _moment_match(fits, loos, bad, by, quiet)
-            elpds.update({n: loos[n] for n in bad})
-            methods.update(dict.fromkeys(bad, "psis+mm"))
+            matched, still = _moment_match(fits, loos, bad, by, quiet)
+            elpds.update({n: loos[n] for n in matched})
+            methods.update(dict.fromkeys(matched, "psis+mm"))
         except CaltarsError as exc:
             note(f"moment matching not possible ({exc}); {n_folds}-fold cross-validation instead")
             kfold = True
         else:
-            still = [n for n in bad if _n_high(loos[n])]
             if still:
                 note(
-                    f"after moment matching: {_detail(still, loos, by)}; re-estimating every "
-                    f"model by {n_folds}-fold cross-validation ({n_folds} refits each)"
+                    f"after moment matching: {still} still has a unit with Pareto k > "
+                    f"{K_THRESHOLD} (matching stopped there); re-estimating every model by "
+                    f"{n_folds}-fold cross-validation ({n_folds} refits each)"
                 )
                 kfold = True
     if kfold:
@@ -180,10 +182,13 @@ def compare_fits(
                 run = {"scheduler": scheduler, "workers": workers, "progress": bar}
                 kf = kfold_fits(fits, by, n_folds, seed=seed, fit_options=fit_options, **run)
             elpds, methods = dict(kf), dict.fromkeys(fits, f"kfold({n_folds})")
+            loos = psis  # the k columns then describe plain PSIS, which K-fold replaced
         except SchedulerError:
             raise  # where to run was asked for and is wrong: no silent fallback
         except CaltarsError as exc:
-            note(f"K-fold not possible ({exc}); PSIS-LOO kept")
+            unmatched = [n for n in bad if methods[n] == "psis"]
+            rest = f" ({', '.join(unmatched)} not moment matched)" if unmatched else ""
+            note(f"K-fold not possible ({exc}); PSIS-LOO kept{rest}")
     out = _table(fits, loos, elpds, methods, by)
     out.attrs["warnings"] = messages
     return out[COMPARE_COLUMNS]
@@ -191,13 +196,25 @@ def compare_fits(
 
 def _moment_match(
     fits: Mapping[str, Fit], loos: dict[str, ELPDDataLOO], bad: list[str], by: str, quiet: bool
-) -> None:
-    """Replace the PSIS-LOO of each model in ``bad`` by its moment-matched one, with progress."""
+) -> tuple[list[str], str | None]:
+    """Replace the PSIS-LOO of each model in ``bad`` by its moment-matched one, with progress.
+
+    Stops at the first unit, of any model, whose k stays above
+    :data:`K_THRESHOLD`: every model is then K-folded, so matching the rest
+    would be thrown away. Returns the models matched (the last one perhaps
+    in part) and the one that stopped it (None when every high-k unit came
+    below the threshold).
+    """
+    matched: list[str] = []
     with Progress("compare: moment matching", len(bad), quiet=quiet) as bar:
         for n in bad:
             bar.working(f"{n} ({_n_high(loos[n])} high-k units)")
-            loos[n] = loo_moment_match_fit(fits[n], loos[n], by)
+            loos[n] = loo_moment_match_fit(fits[n], loos[n], by, stop_above=K_THRESHOLD)
+            matched.append(n)
             bar.advance()
+            if _n_high(loos[n]):
+                return matched, n
+    return matched, None
 
 
 def _n_high(lo: ELPDDataLOO) -> int:
