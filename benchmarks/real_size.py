@@ -209,7 +209,9 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         "## Real-size designs",
         "",
-        f"Measured {res['stamp']} ({res['machine']}). Seconds per part of "
+        f"Measured {res['stamp']} ({res['machine']}; each row's time: "
+        + ", ".join(f"{r['shape']} {r.get('stamp', '?')}" for r in res["rows"])
+        + "). Seconds per part of "
         "`fit_to_directory` (what `caltars-bayes fit` does); *after* = deterministics "
         "recomputed after nutpie + the verdict + the fit directory (tables, figures, "
         "posterior.nc); target: after <= 15% of sampling. Load = 1/5/15-min load "
@@ -233,6 +235,15 @@ def render(res: dict[str, Any]) -> str:
     for r in res["rows"]:
         lines.append(f"- **{r['shape']}**: {r['what']}; {'; '.join(r['plan_notes'])}.")
     return "\n".join(lines) + "\n"
+
+
+def _merged(raw: Path, fit: Any, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shapes just run, in :data:`SHAPES` order, with the other shapes' rows of an
+    earlier run at the same settings (so that ``--only`` updates one row)."""
+    old = json.loads(raw.read_text()) if raw.exists() else {}
+    kept = {r["shape"]: r for r in old.get("rows", [])} if old.get("fit") == fit else {}
+    merged = {**kept, **rows}
+    return [merged[s] for s in SHAPES if s in merged]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,17 +276,17 @@ def main(argv: list[str] | None = None) -> int:
         out = HERE / "real_size.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     shapes = args.only.split(",") if args.only else list(SHAPES)
-    rows = []
+    rows = {}
     for shape in shapes:
         prof = str(out.with_name(f"real_size_{shape}.prof")) if args.profile else None
         child = {"shape": shape, "tiny": args.tiny, "seed": args.seed, "fit": fit_kwargs}
-        rows.append(_child({**child, "profile": prof}))
-        print(json.dumps({k: v for k, v in rows[-1].items() if k != "files"}), flush=True)
+        rows[shape] = {**_child({**child, "profile": prof}), "stamp": time.strftime("%H:%M")}
+        print(json.dumps({k: v for k, v in rows[shape].items() if k != "files"}), flush=True)
     res = {
         "stamp": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} cores",
         "fit": fit_kwargs or "defaults",
-        "rows": rows,
+        "rows": _merged(out.with_suffix(".json"), fit_kwargs or "defaults", rows),
     }
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     out.write_text(render(res))

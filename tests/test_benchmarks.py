@@ -293,3 +293,19 @@ def test_first_fit_script_tiny(tmp_path):
     assert len(rows) == 1 and rows[0][0] == "new design (this machine's caches)"
     assert rows[0][3] in {"compiled", "disk cache", "reused"}
     assert float(rows[0][4]) > 0 and float(rows[0][5]) > 0
+
+
+def test_real_size_only_updates_its_own_row(tmp_path):
+    """``real_size.py --only SHAPE`` keeps the other shapes' rows of a run at the same settings."""
+    spec = importlib.util.spec_from_file_location("real_size", BENCH / "real_size.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    raw = tmp_path / "real_size.json"
+    old = [{"shape": "survey", "wall_s": 1.0}, {"shape": "crossed", "wall_s": 2.0}]
+    raw.write_text(json.dumps({"fit": "defaults", "rows": old}))
+    new = {"crossed": {"shape": "crossed", "wall_s": 3.0}}
+    got = mod._merged(raw, "defaults", new)
+    assert [(r["shape"], r["wall_s"]) for r in got] == [("survey", 1.0), ("crossed", 3.0)]
+    # other settings: the old rows are not comparable and are dropped
+    assert mod._merged(raw, {"draws": 100}, new) == [new["crossed"]]

@@ -149,13 +149,11 @@ def compare_fits(
     methods = dict.fromkeys(fits, "psis")
     bad = [n for n in fits if _n_high(loos[n])]
     kfold = fallback == "kfold" and bool(bad)
+    refit = f"re-estimating every model by {n_folds}-fold cross-validation ({n_folds} refits each)"
     if bad:
         action = {
             "moment_match": "moment matching their high-k units (no refit)",
-            "kfold": (
-                f"re-estimating every model by {n_folds}-fold cross-validation "
-                f"({n_folds} refits each)"
-            ),
+            "kfold": refit,
             "none": "PSIS-LOO kept (fallback disabled): treat these elpd values with caution",
         }[fallback]
         note(f"PSIS-LOO unreliable: {_detail(bad, loos, by)}; {action}")
@@ -172,16 +170,14 @@ def compare_fits(
             if still:
                 note(
                     f"after moment matching: {still} still has a unit with Pareto k > "
-                    f"{K_THRESHOLD} (matching stopped there); re-estimating every model by "
-                    f"{n_folds}-fold cross-validation ({n_folds} refits each)"
+                    f"{K_THRESHOLD} (matching stopped there); {refit}"
                 )
                 kfold = True
     if kfold:
+        run = {"scheduler": scheduler, "workers": workers, "seed": seed, "quiet": quiet}
         try:
-            with Progress("compare: K-fold refit", n_folds * len(fits), quiet=quiet) as bar:
-                run = {"scheduler": scheduler, "workers": workers, "progress": bar}
-                kf = kfold_fits(fits, by, n_folds, seed=seed, fit_options=fit_options, **run)
-            elpds, methods = dict(kf), dict.fromkeys(fits, f"kfold({n_folds})")
+            elpds = _kfold_all(fits, by, n_folds, fit_options, run)
+            methods = dict.fromkeys(fits, f"kfold({n_folds})")
             loos = psis  # the k columns then describe plain PSIS, which K-fold replaced
         except SchedulerError:
             raise  # where to run was asked for and is wrong: no silent fallback
@@ -192,6 +188,20 @@ def compare_fits(
     out = _table(fits, loos, elpds, methods, by)
     out.attrs["warnings"] = messages
     return out[COMPARE_COLUMNS]
+
+
+def _kfold_all(
+    fits: Mapping[str, Fit],
+    by: str,
+    n_folds: int,
+    fit_options: Mapping[str, Any] | None,
+    run: dict[str, Any],
+) -> dict[str, ELPDData]:
+    """Every model's elpd by K-fold, with progress (``run``: scheduler, workers,
+    seed, quiet)."""
+    quiet = run.pop("quiet")
+    with Progress("compare: K-fold refit", n_folds * len(fits), quiet=quiet) as bar:
+        return dict(kfold_fits(fits, by, n_folds, fit_options=fit_options, progress=bar, **run))
 
 
 def _moment_match(
