@@ -108,8 +108,8 @@ def loo_moment_match_fit(
         caller that gives up on importance sampling as soon as one unit stays
         high (:func:`~caltars_bayes.analysis.compare.table.compare_fits` then
         K-folds every model): measured on a 45 x 2 x 3 CALTARS trial, matching
-        all 57 high-k sessions of one structure took 4.4 of the 11 minutes of
-        ``compare`` before K-fold replaced the result anyway.
+        the 57 and 22 high-k sessions of two structures took 4.7 of the 10
+        minutes of ``compare`` before K-fold replaced the result anyway.
 
     Returns
     -------

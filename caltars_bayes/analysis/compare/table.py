@@ -174,9 +174,8 @@ def compare_fits(
                 )
                 kfold = True
     if kfold:
-        run = {"scheduler": scheduler, "workers": workers, "seed": seed, "quiet": quiet}
         try:
-            elpds = _kfold_all(fits, by, n_folds, fit_options, run)
+            elpds = _kfold_all(fits, by, n_folds, fit_options, scheduler, workers, seed, quiet)
             methods = dict.fromkeys(fits, f"kfold({n_folds})")
             loos = psis  # the k columns then describe plain PSIS, which K-fold replaced
         except SchedulerError:
@@ -195,13 +194,16 @@ def _kfold_all(
     by: str,
     n_folds: int,
     fit_options: Mapping[str, Any] | None,
-    run: dict[str, Any],
+    scheduler: Any,
+    workers: int | None,
+    seed: int,
+    quiet: bool,
 ) -> dict[str, ELPDData]:
-    """Every model's elpd by K-fold, with progress (``run``: scheduler, workers,
-    seed, quiet)."""
-    quiet = run.pop("quiet")
+    """Every model's elpd by K-fold (:func:`kfold_fits`), with progress."""
     with Progress("compare: K-fold refit", n_folds * len(fits), quiet=quiet) as bar:
-        return dict(kfold_fits(fits, by, n_folds, fit_options=fit_options, progress=bar, **run))
+        run = {"scheduler": scheduler, "workers": workers, "progress": bar}
+        kf = kfold_fits(fits, by, n_folds, seed=seed, fit_options=fit_options, **run)
+    return dict(kf)
 
 
 def _moment_match(
