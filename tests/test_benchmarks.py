@@ -309,3 +309,19 @@ def test_real_size_only_updates_its_own_row(tmp_path):
     assert [(r["shape"], r["wall_s"]) for r in got] == [("survey", 1.0), ("crossed", 3.0)]
     # other settings: the old rows are not comparable and are dropped
     assert mod._merged(raw, {"draws": 100}, new) == [new["crossed"]]
+
+
+def test_first_fit_sections_keep_their_own_stamps():
+    """``first_fit.py --only SECTION`` re-measures one section; the heading says
+    when each section ran, not only when the file was last written."""
+    spec = importlib.util.spec_from_file_location("first_fit", BENCH / "first_fit.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    case = {"design": "12 x 2 x 2", "ratings": 96, "compile_source": "disk cache",
+            "compile_s": 6.0, "sampling_s": 1.0, "wall_s": 7.5}  # fmt: skip
+    compare = {"fit_a_s": 1.0, "fit_b_s": 2.0, "compare_s": 3.0, "total_s": 6.0}
+    res = {"stamp": "2026-12-07 15:00", "machine": "2 cores", "draws": 200,
+           "warm": {"cases": [case], "stamp": "2026-12-07 12:44"}, "compare": compare}  # fmt: skip
+    text = mod.render(res)
+    assert "warm 2026-12-07 12:44; compare 2026-12-07 15:00" in text

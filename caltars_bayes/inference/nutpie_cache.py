@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from caltars_bayes._core.errors import CaltarsWarning
+from caltars_bayes.inference.compile_ahead import compile_ahead, logp_arg_types
 from caltars_bayes.inference.flat_logp import FlatFunctions, compile_flat, layout, traced_shape
 
 __all__ = [
@@ -180,17 +181,18 @@ def callback_source(kind: str, keys: list[str], ndims: list[int]) -> str:
     return "\n".join([*head, *_extract_lines(keys, ndims), *body]) + "\n"
 
 
-def _callback(
+def _callback_parts(
     kind: str,
     fn_pt: Any,
     keys: dict[Any, str],
     shared_data: dict[str, np.ndarray],
     record: np.dtype,
-) -> Any:
-    """Compile one callback, cached on disk when PyTensor's function has a cache key."""
+) -> tuple[str, dict[str, Any], str | None]:
+    """A callback's source, its globals, and its cache key (None when PyTensor
+    gives its function no key)."""
     import numba
     from nutpie.compile_pymc import address_as_void_pointer
-    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src
+    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
 
     jit_fn = fn_pt.vm.jit_fn
     names = [keys[v] for v in fn_pt.get_shared()]
@@ -210,6 +212,28 @@ def _callback(
         parts = [graph_key, src, str(record), version("numba"), version("nutpie"), "v2"]
         parts += [str(env[f"DTYPE{i}"]) for i in range(len(names))]
         key = hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+    return src, env, key
+
+
+def _on_disk(key: str | None) -> bool:
+    """Whether numba's disk cache holds an entry under ``key``."""
+    from pytensor.link.numba.cache import NUMBA_CACHE_PATH
+
+    return key is not None and any(NUMBA_CACHE_PATH.glob(f"*{key}*.nbi"))
+
+
+def _callback(
+    kind: str,
+    fn_pt: Any,
+    keys: dict[Any, str],
+    shared_data: dict[str, np.ndarray],
+    record: np.dtype,
+) -> Any:
+    """Compile one callback, cached on disk when PyTensor's function has a cache key."""
+    import numba
+    from pytensor.link.numba.cache import compile_numba_function_src
+
+    src, env, key = _callback_parts(kind, fn_pt, keys, shared_data, record)
     py_fn = compile_numba_function_src(src, "callback", global_env=env, cache_key=key)
     sig = _LOGP_SIG if kind == "logp" else _EXPAND_SIG
     if key is None:
@@ -348,8 +372,16 @@ def _compile(
     keys = {v: f"s{i}" for i, v in enumerate(shared)}
     shared_data = _shared_values(keys)
     record = cp.make_user_data(keys, shared_data).dtype
-    logp = _callback("logp", flat.logp_fn, keys, shared_data, record)
-    expand = _callback("expand", flat.expand_fn, keys, shared_data, record)
+    key = _callback_parts("logp", flat.logp_fn, keys, shared_data, record)[2]
+    arrays = [shared_data[keys[v]] for v in flat.logp_fn.get_shared()]
+    with compile_ahead(
+        flat.logp_fn.maker.fgraph,
+        logp_arg_types(arrays),
+        lambda: _callback("expand", flat.expand_fn, keys, shared_data, record),
+        wanted=key is not None and not _on_disk(key),
+    ):
+        logp = _callback("logp", flat.logp_fn, keys, shared_data, record)
+        expand = _callback("expand", flat.expand_fn, keys, shared_data, record)
     from_disk = bool(getattr(logp, "_cache_hits", 0)) and bool(getattr(expand, "_cache_hits", 0))
     compiled = _Compiled(
         model_signature(model, var_names, any_size),
@@ -462,6 +494,31 @@ def _find(model: Any, var_names: list[str] | None) -> _Compiled | None:
     return None
 
 
+def start_point_fn(model: Any, initial_points: dict[str, Any] | None = None) -> Any:
+    """nutpie's start points: PyMC's support points with a uniform jitter of
+    every free variable (unconstrained scale), ``initial_points`` overriding.
+
+    Built without a C compiler: PyMC asks for Python thunks (FAST_COMPILE),
+    but the Scan inside it (an ordered variable's support point) links its
+    inner function with C thunks, which with empty caches took 8.2 s of C
+    compilation against 0.5 s without (founding instrument, 2026-12-07; 7.5 s
+    of a profiled cold compile). The function runs once per chain, and gives
+    the same start points either way (20 seeds compared;
+    ``tests/inference/test_nutpie_cache.py``).
+    """
+    from pymc.initial_point import make_initial_point_fn
+    from pytensor import config
+
+    with config.change_flags(cxx=""):
+        return make_initial_point_fn(
+            model=model,
+            overrides=initial_points,
+            default_strategy="support_point",
+            jitter_rvs=set(model.free_RVs),
+            return_transformed=True,
+        )
+
+
 def compile_numba_model(
     model: Any,
     initial_points: dict[str, Any] | None = None,
@@ -527,17 +584,8 @@ def _compile_numba_model(
         del _FALLBACK[_COMPILED_SIZE:]
         return compiled, CompileInfo("nutpie", time.perf_counter() - t0)
     from nutpie import compile_pymc as cp
-    from pymc.initial_point import make_initial_point_fn
 
-    point_fn = cp._wrap_with_lock(
-        make_initial_point_fn(
-            model=model,
-            overrides=initial_points,
-            default_strategy="support_point",
-            jitter_rvs=set(model.free_RVs),
-            return_transformed=True,
-        )
-    )
+    point_fn = cp._wrap_with_lock(start_point_fn(model, initial_points))
     found = _find(model, var_names)
     by_name = _data_inputs(model)
     if found is not None:

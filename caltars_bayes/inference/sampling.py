@@ -26,6 +26,7 @@ import xarray as xr
 from threadpoolctl import threadpool_limits
 
 from caltars_bayes._core.progress import SamplingProgress, in_notebook, is_terminal
+from caltars_bayes.inference.deterministics import add_deterministics, deterministics_after
 from caltars_bayes.inference.nutpie_cache import CompileInfo, compile_numba_model
 from caltars_bayes.inference.record import TREE_DEPTH_OPTION
 
@@ -115,16 +116,6 @@ def sampler_defaults(sampler: str, short_cap: bool = False) -> dict[str, Any]:
 
 #: nutpie's maximum tree depth unless the caller sets ``maxdepth``
 NUTPIE_MAXDEPTH = 10
-#: nutpie keeps every iteration's stored values in memory until sampling ends
-#: (tuning included, whether or not warmup draws are kept) and then copies them
-#: once more into arrays. Deterministics whose values over all iterations would
-#: take more than this are therefore not stored while sampling but computed
-#: afterwards from the kept draws (``nuts={"deterministics": "auto"}``).
-#: Measured at 10x the founding design: ``zeta`` and ``theta`` are 45% of the
-#: stored values. At 3x (248 MiB of deterministics) computing them afterwards
-#: lowered the peak from 1804 to 1299 MB for 0.46 s; the founding design's
-#: 89 MiB are stored (docs/model.md, "Where the memory goes").
-DETERMINISTICS_AFTER_BYTES = 128 * 2**20
 
 
 class _StepCounter:
@@ -233,44 +224,6 @@ def _divergences(dt: Any) -> int | None:
         return None
 
 
-def _deterministic_values(model: pm.Model) -> int:
-    """Number of values the model's deterministics hold in one draw (from their
-    dims' coords, else their static shapes, else their shapes computed once)."""
-    import pytensor
-
-    total, unknown = 0, []
-    for var in model.deterministics:
-        dims = model.named_vars_to_dims.get(var.name)
-        if dims and all(model.coords.get(d) is not None for d in dims):
-            total += int(np.prod([len(model.coords[d]) for d in dims]))
-        elif all(n is not None for n in var.type.shape):
-            total += int(np.prod(var.type.shape))
-        else:
-            unknown.append(var.shape)
-    if unknown:
-        total += sum(int(np.prod(shape)) for shape in pytensor.function([], unknown)())
-    return total
-
-
-def deterministics_after(model: pm.Model, setting: str, chains: int, iterations: int) -> bool:
-    """Whether nutpie should leave the deterministics out of its stored values.
-
-    ``setting``: ``"during"`` (store them while sampling), ``"after"`` (compute
-    them from the kept draws) or ``"auto"`` (after, when storing them for every
-    iteration of every chain would take more than
-    :data:`DETERMINISTICS_AFTER_BYTES`).
-    """
-    if setting not in ("auto", "during", "after"):
-        raise ValueError(
-            f"nuts deterministics must be 'auto', 'during' or 'after', not {setting!r}"
-        )
-    if not model.deterministics or setting == "during":
-        return False
-    if setting == "after":
-        return True
-    return 8 * _deterministic_values(model) * chains * iterations > DETERMINISTICS_AFTER_BYTES
-
-
 def _model_order(model: pm.Model) -> list[str]:
     """The posterior's variable order: free variables without a transform, then
     the model's other unobserved variables (transformed free variables on their
@@ -288,19 +241,6 @@ def _in_model_order(dt: xr.DataTree, model: pm.Model) -> xr.DataTree:
     order += [n for n in post.data_vars if n not in order]
     if order != list(post.data_vars):
         dt["posterior"] = xr.DataTree(post[order])
-    return dt
-
-
-def add_deterministics(dt: xr.DataTree, model: pm.Model) -> xr.DataTree:
-    """Compute the model's deterministics that ``dt``'s posterior lacks from the
-    draws of its free variables, and add them to it."""
-    post = dt["posterior"].to_dataset()
-    names = [v.name for v in model.deterministics if v.name not in post]
-    if names:
-        det = pm.compute_deterministics(
-            post, var_names=names, model=model, progressbar=False, backend="numba"
-        )
-        dt["posterior"] = xr.DataTree(post.assign({k: det[k] for k in names}))
     return dt
 
 
@@ -493,7 +433,8 @@ def run_nuts(
     ``{"deterministics": "after"}`` it stores only the free variables and the
     deterministics are computed from the kept draws afterwards (``"during"``:
     stored while sampling; ``"auto"``, the default: after, for large models;
-    see :data:`DETERMINISTICS_AFTER_BYTES`). Other samplers ignore it.
+    see :data:`~caltars_bayes.inference.deterministics.DETERMINISTICS_AFTER_BYTES`).
+    Other samplers ignore it.
     ``initvals``: starting values (constrained scale) by variable name.
 
     ``progressbar``: on a terminal or in a notebook the sampler's own display

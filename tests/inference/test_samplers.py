@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from caltars_bayes.inference import nutpie_cache, sampling
+from caltars_bayes.inference import deterministics, nutpie_cache, sampling
 from caltars_bayes.inference.fit import fit_model
 
 
@@ -123,11 +123,11 @@ def test_deterministics_after_sampling_equal_those_stored_while_sampling(backend
         assert compiled[1][0].n_expanded < compiled[0][0].n_expanded
     assert "deterministics_s" in timings["after"] and "deterministics_s" not in timings["during"]
     # "auto": by the size of the deterministics' draws over all iterations
-    assert not sampling.deterministics_after(model, "auto", chains=4, iterations=2000)
-    monkeypatch.setattr(sampling, "DETERMINISTICS_AFTER_BYTES", 8 * 5 * 4 * 2000 - 1)
-    assert sampling.deterministics_after(model, "auto", chains=4, iterations=2000)
+    assert not deterministics.deterministics_after(model, "auto", chains=4, iterations=2000)
+    monkeypatch.setattr(deterministics, "DETERMINISTICS_AFTER_BYTES", 8 * 5 * 4 * 2000 - 1)
+    assert deterministics.deterministics_after(model, "auto", chains=4, iterations=2000)
     with pytest.raises(ValueError, match="deterministics must be"):
-        sampling.deterministics_after(model, "later", chains=4, iterations=2000)
+        deterministics.deterministics_after(model, "later", chains=4, iterations=2000)
 
 
 def test_alliance_models_of_any_size_share_a_compilation(calpas):

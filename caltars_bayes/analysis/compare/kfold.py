@@ -226,7 +226,7 @@ def _plan(
     if fit.record.sampler == "nutpie" and "deterministics" not in nuts:
         # store what the full fit stored, so that the refits reuse its compiled
         # model: by default nutpie leaves the deterministics out by their size
-        # (sampling.DETERMINISTICS_AFTER_BYTES), which a smaller training set
+        # (deterministics.DETERMINISTICS_AFTER_BYTES), which a smaller training set
         # can tip the other way, and the other choice is another compiled model
         after = "deterministics_s" in fit.record.timings
         opts["nuts"] = {**opts.get("nuts", {}), "deterministics": "after" if after else "during"}
