@@ -18,11 +18,13 @@ compilation is done, whatever the helper has reached.
 Nothing changes in what runs: the cached nodes are the same functions, with the
 same keys and argument types, that the main process would compile itself, and
 the draws are the same (``tests/inference/test_reproducible_draws.py``).
-Measured on the founding design with empty caches (2 cores, 2026-12-07, one
-pair of runs after another, same seed and same draws): 128.0 s without the
-helper against 103.1 s with it; with numba's compile events recorded, the main
-process compiled 107 of 222 node functions itself, not 222, and the whole
-compilation took 93.6 s against 146.2 s.
+Measured on the founding design with empty caches (2 cores, 2026-12-07,
+same seed and same draws each time): 86.7 s against 128.8 s without the
+helper, one run after the other; with numba's compile events recorded, the
+main process compiled 107 of the 222 node functions itself instead of all
+222 (93.6 s against 146.2 s). In ``caltars-bayes demo`` an hour later, when
+the machine ran slower: compile 102 s with the helper against 141 and 149 s
+without, the demo 189 and 202 s against 220 and 248 s.
 
 The helper runs only where it can help and cannot harm: on Linux (fork), with
 at least two CPUs available to this process, when PyTensor gives the graph a
@@ -157,10 +159,13 @@ def compile_ahead(
         yield None
         return
     with warnings.catch_warnings():
-        # Python 3.12 warns when a process with threads forks (a lock held by
-        # another thread stays held in the child); the helper takes no lock that
-        # the main process's other threads (progress display, logging) hold
+        # Python 3.12 (and JAX, once used in this process) warn when a process
+        # with threads forks: a lock another thread holds stays held in the
+        # child. The helper takes none of the locks those threads use (progress
+        # display, logging, JAX); were it ever stuck, it would only fail to
+        # help, and the main process stops it all the same
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
         pid = os.fork()
     if pid == 0:  # pragma: no cover - the helper process
         _helper(fgraph, arg_types, then)

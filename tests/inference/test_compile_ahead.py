@@ -49,32 +49,24 @@ def _compiles(fn, point: np.ndarray) -> int:
 
 
 @pytest.mark.skipif(not ca._usable(), reason="needs fork and two CPUs")
-def test_the_helper_compiles_the_nodes_the_main_process_then_loads(
-    cache_dir, tmp_path, monkeypatch  # noqa: F811
-):
-    import pytensor.link.numba.cache as cache
-
+def test_the_helper_compiles_the_nodes_the_main_process_then_loads(cache_dir, tmp_path):  # noqa: F811
     point = np.zeros(6)  # beta (2), u (3), log sigma (1)
-    # the same graph compiled alone, with a numba cache of its own
-    monkeypatch.setattr(cache, "NUMBA_CACHE_PATH", tmp_path / "alone")
-    (tmp_path / "alone").mkdir()
-    alone = _compiles(compile_flat(_model(*_data(1), prior_sd=7.125)).logp_fn, point)
-    monkeypatch.setattr(cache, "NUMBA_CACHE_PATH", cache_dir)
-    flat = compile_flat(_model(*_data(1), prior_sd=7.125))
+    flat = compile_flat(_model(*_data(1), prior_sd=7.125))  # a graph never compiled before
+    fgraph = flat.logp_fn.maker.fgraph
     arrays = [np.asarray(v.get_value()) for v in flat.logp_fn.get_shared()]
     marker = tmp_path / "then"
-    with ca.compile_ahead(
-        flat.logp_fn.maker.fgraph, ca.logp_arg_types(arrays), marker.touch
-    ) as pid:
+    with ca.compile_ahead(fgraph, ca.logp_arg_types(arrays), marker.touch) as pid:
         assert pid is not None
         _wait_for(marker, 300)
     with pytest.raises(ChildProcessError):  # stopped and reaped
         os.waitpid(pid, os.WNOHANG)
-    helped = _compiles(flat.logp_fn, point)
-    # alone: every node function and the whole graph; helped: the whole graph
-    # (the helper typed it but emitted no code for it) and little else
-    assert alone >= 10
-    assert helped <= alone // 4, (helped, alone)
+    # compiled alone, this graph takes one numba compilation per node function
+    # and more for their helpers (152 when measured, in a process that had
+    # compiled nothing before); here the whole graph's function, which the
+    # helper typed but emitted no code for, and a few of numba's own helpers
+    # the first time a process uses them (2-4 when measured)
+    assert len(fgraph.apply_nodes) >= 10
+    assert _compiles(flat.logp_fn, point) <= 10
     lp, grad = flat.logp_fn(point)
     assert np.isfinite(lp) and np.isfinite(grad).all()
 
