@@ -124,26 +124,23 @@ def compute_deterministics(
 
     names = [v.name for v in model.deterministics] if names is None else list(names)
     fn = _vectorised(model, names)
-    free = [rv.name for rv in model.free_RVs]
     n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
-    flat = {
-        n: posterior[n].transpose("chain", "draw", ...).values.reshape(n_chain * n_draw, -1)
-        for n in free
-    }
-    shapes = {rv.name: posterior[rv.name].shape[2:] for rv in model.free_RVs}
-    per_draw = max(_deterministic_values(model), 1) * 8
-    block = max(1, BLOCK_BYTES // per_draw)
+    total = n_chain * n_draw
+    draws = []  # each free variable's draws, one row a draw
+    for rv in model.free_RVs:
+        da = posterior[rv.name].transpose("chain", "draw", ...)
+        draws.append(da.values.reshape(total, *da.shape[2:]).astype(rv.dtype, copy=False))
+    block = max(1, BLOCK_BYTES // (8 * max(_deterministic_values(model), 1)))
     core_ndim = [model[n].ndim for n in names]
     parts: list[list[np.ndarray]] = []
-    for start in range(0, n_chain * n_draw, block):
-        rows = slice(start, start + block)
-        args = [flat[n][rows].reshape(-1, *shapes[n]).astype(model[n].dtype) for n in free]
-        n_rows = args[0].shape[0] if args else len(range(n_chain * n_draw)[rows])
+    for start in range(0, total, block):
+        n_rows = min(block, total - start)
+        out = fn(*[d[start : start + n_rows] for d in draws])
         # a deterministic that no free variable enters comes back without the draw axis
         parts.append(
             [
                 np.broadcast_to(o, (n_rows, *np.shape(o))) if np.ndim(o) == nd else np.asarray(o)
-                for o, nd in zip(fn(*args), core_ndim, strict=True)
+                for o, nd in zip(out, core_ndim, strict=True)
             ]
         )
     values = {

@@ -56,6 +56,9 @@ def test_vectorised_deterministics_equal_pymcs_draw_by_draw(tiny_trial, options,
         for dim in got[name].dims:
             np.testing.assert_array_equal(got[name][dim].values, expected[name][dim].values)
         np.testing.assert_allclose(got[name].values, expected[name].values, rtol=1e-10, atol=1e-12)
+    # the posterior's own dim order does not matter
+    swapped = deterministics.compute_deterministics(post.transpose("draw", "chain", ...), model)
+    xr.testing.assert_equal(swapped, got)
     # each draw's values are its own: shuffling the draws shuffles them
     order = np.random.default_rng(0).permutation(post.sizes["draw"])
     shuffled = deterministics.compute_deterministics(
