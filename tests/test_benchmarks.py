@@ -160,7 +160,7 @@ def test_benchmark_refuses_unknown_section(tmp_path):
     assert res.returncode == 2 and "unknown section" in res.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.long  # 31 s in CI (2026-12-07); a benchmark script's smoke test, as first_fit's
 @pytest.mark.jax
 def test_gpu_script_tiny_on_cpu(tmp_path):
     """gpu_100x.py through gpu_device.sh, the device call's script (no wheels here)."""
