@@ -381,7 +381,13 @@ def _recovery_fit(calpas, seed: int):
         seed=seed,
     )
     fit = fit_model(
-        trial.to_rating_data(), draws=400, tune=600, chains=2, random_seed=seed, progressbar=False
+        trial.to_rating_data(),
+        draws=400,
+        tune=600,
+        chains=2,
+        random_seed=seed,
+        progressbar=False,
+        nuts={"backend": "numba"},  # sampling-bound: numba, as tests/inference/test_recovery.py
     )
     return trial, fit
 

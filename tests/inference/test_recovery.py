@@ -20,7 +20,14 @@ from caltars_bayes.model.simulate import simulate_trial
 
 pytestmark = pytest.mark.slow
 
-DRAWS = dict(draws=300, tune=300, chains=2, progressbar=False)
+# The package's default backend (numba), not the JAX backend the other tests use
+# (tests/conftest.py): these fits are large enough that sampling dominates, and
+# nutpie's JAX backend costs about 4.5x numba per gradient (founding design: 1.19
+# against 0.27 ms, measured 2026-12-07). With a machine's numba cache warm this
+# file's fits took 84 s against 346 s under JAX in CI; with empty caches 300 s
+# (each of its graphs compiled once).
+NUMBA = {"backend": "numba"}
+DRAWS = dict(draws=300, tune=300, chains=2, progressbar=False, nuts=NUMBA)
 
 
 def _interval(da: xr.DataArray, prob: float = 0.9) -> tuple[xr.DataArray, xr.DataArray]:
@@ -212,7 +219,14 @@ def test_three_judge_single_scale_has_no_divergences():
     spec.loader.exec_module(single)
     data = single.single_scale_data(single.simulate_bench_trial())
     fit = fit_model(
-        data, random_seed=2, draws=1000, tune=500, chains=2, max_draws=1000, progressbar=False
+        data,
+        random_seed=2,
+        draws=1000,
+        tune=500,
+        chains=2,
+        max_draws=1000,
+        progressbar=False,
+        nuts=NUMBA,
     )
     assert fit.plan.centred_judges
     assert fit.diagnostics.divergences == 0
