@@ -20,8 +20,10 @@ def calpas() -> Instrument:
 
 
 # Tiny MCMC fits use nutpie's JAX backend: it compiles in seconds where numba
-# takes tens of seconds per graph. The default (numba) path is exercised by the
-# recovery tests.
+# takes tens of seconds per new graph (with empty caches). The default (numba)
+# path is exercised by the recovery tests (tests/inference/test_recovery.py, the
+# associations recovery trial), whose fits are large enough that sampling, about
+# 4.5x slower per gradient under JAX, costs more than compiling.
 os.environ.setdefault("CALTARS_BAYES_NUTPIE_BACKEND", "jax")
 
 

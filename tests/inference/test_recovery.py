@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow
 # The package's default backend (numba), not the JAX backend the other tests use
 # (tests/conftest.py): these fits are large enough that sampling dominates, and
 # nutpie's JAX backend costs about 4.5x numba per gradient (founding design: 1.19
-# against 0.27 ms, measured 2026-12-07). With a machine's numba cache warm this
-# file's fits took 84 s against 346 s under JAX in CI; with empty caches 300 s
-# (each of its graphs compiled once).
+# against 0.27 ms, measured 2026-12-07). In CI runs (two test files at a time,
+# this machine's numba cache warm) this file's tests took 103 s against 346 s
+# under JAX; alone with empty caches, 300 s (each of its graphs compiled once).
 NUMBA = {"backend": "numba"}
 DRAWS = dict(draws=300, tune=300, chains=2, progressbar=False, nuts=NUMBA)
 
