@@ -32,8 +32,8 @@ demo: $(STAMP)
 	$(VENV)/bin/caltars-bayes demo --out demo_output --force
 
 # CI (.ci/run) runs this: ruff, mypy, the layers contract (lint-imports), and every
-# test except the `long` ones (multi-trial studies and
-# the four slowest single-fit proofs, run by `make test-long`), on two
+# test except the `long` ones (multi-trial studies, the slowest single-fit
+# proofs and the numpyro/blackjax sampler paths, run by `make test-long`), on two
 # workers (model compilation is single-threaded, so two test files at a time keep
 # both cores busy), one worker per test file so module fixtures are fitted once.
 test: $(STAMP)

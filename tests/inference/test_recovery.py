@@ -218,16 +218,8 @@ def test_three_judge_single_scale_has_no_divergences():
     single = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(single)
     data = single.single_scale_data(single.simulate_bench_trial())
-    fit = fit_model(
-        data,
-        random_seed=2,
-        draws=1000,
-        tune=500,
-        chains=2,
-        max_draws=1000,
-        progressbar=False,
-        nuts=NUMBA,
-    )
+    settings = {**DRAWS, "draws": 1000, "tune": 500}  # 2 x (500 + 1000), no extension
+    fit = fit_model(data, random_seed=2, max_draws=1000, **settings)
     assert fit.plan.centred_judges
     assert fit.diagnostics.divergences == 0
     assert fit.diagnostics.max_rhat < 1.02

@@ -23,7 +23,7 @@ def tiny_data(tiny_trial):
     "sampler",
     [
         "pymc",
-        # numpyro and blackjax: 62 and 72 CPU s in CI, JAX compiling PyMC's pipeline;
+        # numpyro and blackjax: 71 s (62 CPU s) and 72 s in CI runs, JAX compiling PyMC's pipeline;
         # run by `make test-long`. CI enters numpyro's path up to its kernel in
         # test_numpyro_caps_the_tree_depth_of_large_designs.
         pytest.param("numpyro", marks=pytest.mark.long),
