@@ -46,6 +46,8 @@ from pytensor.graph.basic import Constant
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.sharedvar import TensorSharedVariable
 
+from caltars_bayes.model.kernels import fuse_density_sums
+
 __all__ = ["FlatFunctions", "compile_flat", "layout", "symbolic_value_shapes", "traced_shape"]
 
 
@@ -130,6 +132,7 @@ def compile_flat(model: pm.Model, var_names: list[str] | None = None) -> FlatFun
     if not model.check_bounds:
         rewrites.append("local_remove_check_parameter")
     logp = cast(pt.TensorVariable, rewrite_graph(logp, include=rewrites))
+    [logp] = fuse_density_sums([logp])
     grads = cast(list[pt.TensorVariable], pt.grad(logp, value_vars))
     grad = pt.concatenate([pt.as_tensor(g).ravel() for g in grads])
     logp, grad = clone_replace([logp, grad], replacements)

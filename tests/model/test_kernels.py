@@ -9,7 +9,14 @@ import pytensor.tensor as pt
 import pytest
 
 from caltars_bayes.model.components import _cutpoint_tables, cumulative_logit_logp
-from caltars_bayes.model.kernels import cumulative_logit, vexp, vlog1p
+from caltars_bayes.model.kernels import (
+    CumulativeLogit,
+    CumulativeLogitSum,
+    cumulative_logit,
+    fuse_density_sums,
+    vexp,
+    vlog1p,
+)
 
 
 def _ulp_error(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -134,3 +141,46 @@ def test_fused_op_broadcasts_and_propagates_nan():
     # P(y = 0) = logistic(-1 - 0), P(y = 3) = 1 - logistic(1 - 0): both 1 / (1 + e)
     np.testing.assert_allclose(out[0], np.log([1 / (1 + np.e)] * 2))
     assert np.isnan(out[1]).all()
+
+
+@pytest.mark.parametrize("mode", ["NUMBA", "FAST_RUN"])
+@pytest.mark.parametrize("n", [4000, 2051, 7])  # blocks, a ragged last block, tiny
+def test_summed_op_equals_the_sum_and_its_gradient(mode, n):
+    """``fuse_density_sums`` swaps Sum(CumulativeLogit) for the one-pass summed Op;
+    value and gradient (also scaled by an outer factor) equal the unfused graph's."""
+    y, mu0, cut0, row = _problem(7, n=n)
+    mu = pt.tensor("mu", shape=mu0.shape, dtype="float64")
+    cut = pt.tensor("cut", shape=cut0.shape, dtype="float64")
+    scale = pt.dscalar("scale")
+    total = scale * pt.sum(cumulative_logit_logp(y, mu, cut, row)) + pt.sum(mu**2)
+    [fused] = fuse_density_sums([total])
+    ops = [type(a.op) for a in pytensor.graph.traversal.applys_between([mu, cut], [fused])]
+    assert CumulativeLogitSum in ops and CumulativeLogit not in ops
+    outs = [v for t in (total, fused) for v in (t, *pt.grad(t, [mu, cut]))]
+    f = pytensor.function([mu, cut, scale], outs, mode=mode)
+    ref_v, ref_dmu, ref_dcut, v, dmu, dcut = f(mu0, cut0, 1.7)
+    np.testing.assert_allclose(v, ref_v, rtol=1e-13)
+    np.testing.assert_allclose(dmu, ref_dmu, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dcut, ref_dcut, rtol=1e-10, atol=1e-10)
+
+
+def test_fuse_density_sums_leaves_other_graphs_alone():
+    mu = pt.dvector("mu")
+    per_rating = cumulative_logit(mu, np.ones(2), np.zeros(2), np.zeros(2), np.zeros(3, int), 2)
+    weighted = pt.sum(per_rating * 2.0)  # not a plain sum: left as it is
+    assert fuse_density_sums([weighted])[0] is weighted
+    [summed] = fuse_density_sums([pt.sum(per_rating)])
+    ops = [type(a.op) for a in pytensor.graph.traversal.applys_between([mu], [summed])]
+    assert ops.count(CumulativeLogitSum) == 1
+
+
+def test_the_samplers_compiled_density_uses_the_summed_op(tiny_trial):
+    """``compile_flat`` (nutpie's log density and gradient) runs the one-pass Op."""
+    from caltars_bayes.inference.flat_logp import compile_flat
+    from caltars_bayes.model.build import AllianceModel
+
+    flat = compile_flat(AllianceModel(tiny_trial.to_rating_data()).model)
+    assert flat is not None
+    ops = {type(node.op) for node in flat.logp_fn.maker.fgraph.apply_nodes}
+    assert CumulativeLogitSum in ops
+    assert CumulativeLogit not in ops
