@@ -112,7 +112,8 @@ def compile_flat(model: pm.Model, var_names: list[str] | None = None) -> FlatFun
     shapes that cut ``x`` written as graphs of the dimension lengths. None when
     a value shape cannot be traced to them (the caller then compiles nutpie's
     fixed-shape functions). ``var_names``: stored variables besides the free
-    ones (None: all).
+    ones (None: all). The ratings' summed density and its gradient are one pass
+    (:func:`caltars_bayes.model.kernels.fuse_density_sums`).
     """
     sym = symbolic_value_shapes(model)
     if sym is None:
