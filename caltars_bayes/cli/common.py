@@ -158,7 +158,13 @@ def probability(text: str, what: str) -> float:
 def fit_args(p: argparse.ArgumentParser) -> None:
     """Sampler settings of ``fit`` and ``demo``."""
     p.add_argument("--draws", type=int, default=1000)
-    p.add_argument("--tune", type=int, default=1000)
+    p.add_argument(
+        "--tune",
+        type=int,
+        default=None,
+        help="warmup iterations per chain (default 1000; 500 for data sets of 50,000 "
+        "ratings or more). See docs/model.md, 'Warmup length'",
+    )
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sampler", choices=["nutpie", "pymc", "numpyro", "blackjax"], default="nutpie")

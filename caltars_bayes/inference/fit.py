@@ -47,7 +47,7 @@ from caltars_bayes.inference.record import (
     PriorSource,
     package_version,
 )
-from caltars_bayes.inference.sampling import run_nuts, sampler_defaults
+from caltars_bayes.inference.sampling import default_tune, run_nuts, sampler_defaults
 from caltars_bayes.inference.start import starting_values
 from caltars_bayes.inference.tables import judges, posterior_summary, scores
 from caltars_bayes.model.build import AllianceModel
@@ -243,7 +243,7 @@ def fit_model(
     data: RatingData,
     *,
     draws: int = 1000,
-    tune: int = 1000,
+    tune: int | None = None,
     chains: int = 4,
     sampler: str = "nutpie",
     random_seed: int = 1,
@@ -261,7 +261,10 @@ def fit_model(
     Parameters
     ----------
     data : validated ratings.
-    draws, tune, chains : MCMC settings (per chain).
+    draws, tune, chains : MCMC settings (per chain). ``tune`` None: 1,000 warmup
+        iterations, 500 for data sets of 50,000 ratings or more
+        (:func:`~caltars_bayes.inference.sampling.default_tune`); the record
+        holds the number used.
     sampler : ``"nutpie"`` (default), ``"pymc"``, ``"numpyro"`` or ``"blackjax"``.
     random_seed : seed; the same seed and sampler give the same draws.
     start : where the chains start: ``"default"`` (the prior's centre),
@@ -299,6 +302,7 @@ def fit_model(
     pm_model = am.model
     t_build = time.perf_counter() - t0
     nuts = dict(nuts or {})
+    tune = default_tune(data.n_ratings) if tune is None else tune
     target_accept = float(nuts.pop("target_accept", am.options.target_accept))
     extension = _extension(sampler, draws, chains, max_draws) if method == "nuts" else None
     cache = ConvergenceCache()  # the verdict's R-hat and ESS, kept for the summary table
@@ -326,7 +330,7 @@ def fit_model(
             random_seed=random_seed, target_accept=target_accept, nuts=nuts,
             progressbar=progressbar, cores=cores, short_cap=am.plan.short_trajectory_cap,
             max_draws=draws if extension is None else extension.cap,
-            extend=None if extension is None else _extension_check(extension),
+            extend=None if extension is None else _extension_check(extension, cache),
         )  # fmt: skip
         compile_source = str(dt.attrs.get("compile_source", ""))
         dt, diag = _verdict(dt, extension, progressbar, cache)
@@ -390,14 +394,18 @@ def _extension_fields(extension: Extension | None, diag: Diagnostics) -> dict[st
     }
 
 
-def _extension_check(extension: Extension) -> Callable[[xr.DataTree], int | None]:
+def _extension_check(
+    extension: Extension, cache: ConvergenceCache
+) -> Callable[[xr.DataTree], int | None]:
     """What :func:`run_nuts` asks at each checkpoint: the verdict on the draws so
-    far, and the next checkpoint (None: stop)."""
+    far, and the next checkpoint (None: stop). Its R-hat and ESS go to ``cache``:
+    the fit's own verdict on the last checkpoint's draws (the same arrays) then
+    computes none of them again."""
 
     def check(dt: xr.DataTree) -> int | None:
         dt = _tidy(dt)
-        diag = check_convergence(dt["posterior"].to_dataset(), _group(dt, "sample_stats"))
-        return extension.next_draws(diag)
+        post, stats = dt["posterior"].to_dataset(), _group(dt, "sample_stats")
+        return extension.next_draws(check_convergence(post, stats, cache=cache))
 
     return check
 

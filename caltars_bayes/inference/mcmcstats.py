@@ -26,6 +26,8 @@ import xarray as xr
 from scipy.fft import irfft, next_fast_len, rfft
 from scipy.special import ndtri
 
+from caltars_bayes._core.parallel import blocks_on_threads
+
 TAIL_PROBS = (0.05, 0.95)
 
 
@@ -148,25 +150,31 @@ def convergence_stats(
     probs: tuple[float, float] = TAIL_PROBS,
     chunk: int = 256,
     columns: np.ndarray | None = None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rank-normalised split R-hat, bulk ESS and tail ESS of (chain, draw, n) draws.
 
     R-hat is NaN with fewer than 2 chains, everything NaN with fewer than 4
     draws. ``columns``: only these parameters (default all), in that order.
     Parameters are processed ``chunk`` at a time to bound memory (each chunk's
-    temporaries are about ten copies of its draws).
+    temporaries are about ten copies of its draws), the chunks on ``workers``
+    threads (default one per core; :func:`~caltars_bayes._core.parallel.blocks_on_threads`).
+    Measured (2 cores, 4 x 1,000 draws of 20,000 random-walk parameters, the
+    same numbers either way): 21.0-21.1 s on one thread, 10.5-11.3 s on two.
     """
     x = np.asarray(x, dtype=float)
     c = x.shape[0]
     cols = np.arange(x.shape[2]) if columns is None else np.asarray(columns)
     n = len(cols)
     r, b, t = np.empty(n), np.empty(n), np.empty(n)
-    for s in range(0, n, chunk):
-        sl = slice(s, min(n, s + chunk))
+
+    def one(sl: slice) -> None:
         a = np.ascontiguousarray(np.moveaxis(x[:, :, cols[sl]], 2, 0))
         r[sl], b[sl], t[sl] = _stats(a, probs)
-        if c < 2:
-            r[sl] = np.nan
+
+    blocks_on_threads(one, n, chunk, workers)
+    if c < 2:
+        r[:] = np.nan
     return r, b, t
 
 
@@ -239,10 +247,8 @@ def dataset_convergence(
     subset: dict[str, tuple[int, int]] = {}
     for name, da in ds.data_vars.items():
         other = [d for d in da.dims if d not in ("chain", "draw")]
-        arr = np.asarray(da.transpose("chain", "draw", *other).values, dtype=float)
-        shape = arr.shape[2:]
-        flat = arr.reshape(arr.shape[0], arr.shape[1], -1)
-        total = flat.shape[2]
+        shape = tuple(da.sizes[d] for d in other)
+        total = int(np.prod(shape, dtype=int))
         cols = np.arange(total)
         if max_values is not None and total > max_values:
             cols = np.sort(rng.choice(total, size=max_values, replace=False))
@@ -250,7 +256,9 @@ def dataset_convergence(
         known = cache.get(str(name), da.data, probs) if cache is not None else None
         res = np.full((3, total), np.nan) if known is None else known.copy()
         todo = cols[~_known_columns(known, cols)]
-        if len(todo):
+        if len(todo):  # the draws are copied into (chain, draw, element) only if needed
+            arr = np.asarray(da.transpose("chain", "draw", *other).values, dtype=float)
+            flat = arr.reshape(arr.shape[0], arr.shape[1], total)
             stats = convergence_stats(flat, probs, columns=todo)
             for target, vals in zip(res, stats, strict=True):
                 target[todo] = vals

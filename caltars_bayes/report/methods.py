@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from caltars_bayes.inference import sampling
 from caltars_bayes.inference.record import FitRecord
 from caltars_bayes.report.borrowed import borrowed_methods_text
 
@@ -133,8 +134,8 @@ def methods_paragraph(
             sampler += f" {versions[sampler]}"
         s.append(
             f"The posterior was sampled with the No-U-Turn sampler ({sampler}) in "
-            f"{d.n_chains} chains of {rec.tune} tuning and {d.n_draws} kept "
-            f"iterations (target acceptance {rec.target_accept}; {total:,} draws in total; "
+            f"{d.n_chains} chains of {rec.tune} tuning{_tune_text(fit)} and {d.n_draws} "
+            f"kept iterations (target acceptance {rec.target_accept}; {total:,} draws in total; "
             f"seed {rec.random_seed}{_sampler_settings_text(rec)})."
         )
         checks = (
@@ -162,6 +163,14 @@ def methods_paragraph(
         "the observed scale scores."
     )
     return " ".join(s)
+
+
+def _tune_text(fit: Fit) -> str:
+    """Why a fit tuned for fewer iterations, when it had the large-data default."""
+    n, least = fit.data.n_ratings, sampling.LARGE_DATA_RATINGS
+    if n >= least and fit.record.tune == sampling.LARGE_DATA_TUNE:
+        return f" (the package's default for data sets of {least:,} ratings or more; here {n:,})"
+    return ""
 
 
 def _sampler_settings_text(record: FitRecord) -> str:

@@ -38,6 +38,7 @@ from caltars_bayes.analysis.structure import (
 from caltars_bayes.analysis.validity import summarise_verdicts
 from caltars_bayes.data.ratings import RatingData
 from caltars_bayes.inference.fit import Fit, fit_model, load_fit
+from caltars_bayes.inference.sampling import default_tune
 from caltars_bayes.model.build import AllianceModel
 from caltars_bayes.model.plan import plan_model
 from caltars_bayes.report.build import build_report
@@ -121,6 +122,8 @@ def fit_to_directory(
             data, informative=borrowed.informative, sampler=sampler
         )
     opts = {**FIT_DEFAULTS, **fit_options}
+    if opts["tune"] is None:
+        opts["tune"] = default_tune(data.n_ratings)
     method = opts["method"]
     how = (
         f"with {opts['sampler']}: {opts['chains']} chains x ({opts['tune']} tune + "

@@ -3,6 +3,7 @@ errors raised or returned; the scheduler choices (auto, local size, bad names)."
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -124,3 +125,29 @@ def test_bad_scheduler_is_refused_before_anything_runs():
         check_scheduler("localhost:8786")
     with pytest.raises(SchedulerError):
         parallel_map(_slow_square, [1], scheduler="threads")
+
+
+def test_blocks_on_threads_covers_every_row_once_and_raises_errors():
+    """Every row is in exactly one slice; with several workers the slices run
+    on several threads; an error in a block reaches the caller."""
+    from caltars_bayes._core.parallel import blocks_on_threads
+
+    for workers in (1, 2, 3, None):
+        seen: list[slice] = []
+        threads: set[int] = set()
+
+        def block(rows: slice, seen=seen, threads=threads) -> None:
+            threads.add(threading.get_ident())
+            time.sleep(0.01)  # long enough for a second thread to take the next block
+            seen.append(rows)
+
+        blocks_on_threads(block, 23, 5, workers)
+        covered = sorted(i for rows in seen for i in range(rows.start, rows.stop))
+        assert covered == list(range(23)) and len(seen) == 5
+        assert (len(threads) > 1) == ((workers or os.cpu_count() or 1) > 1)  # None: a core each
+
+    def broken(rows: slice) -> None:
+        raise ValueError(f"block {rows.start}")
+
+    with pytest.raises(ValueError, match="block"):
+        blocks_on_threads(broken, 10, 5, 2)

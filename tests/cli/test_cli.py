@@ -230,7 +230,13 @@ def test_unknown_spec_key_is_clear(tmp_path, capsys):
 # The demo end to end (tiny settings) is tested in tests/report/test_report.py.
 
 
-def test_fit_alternative_structure(sim_dir, tmp_path):
+def test_fit_alternative_structure(sim_dir, tmp_path, monkeypatch):
+    """Also: without --tune a fit tunes for the package's default for its size
+    (thresholds lowered here so that the large-data default, made 20, applies)."""
+    from caltars_bayes.inference import sampling
+
+    monkeypatch.setattr(sampling, "LARGE_DATA_RATINGS", 1)
+    monkeypatch.setattr(sampling, "LARGE_DATA_TUNE", 20)
     spec = tmp_path / "calpas_alt.toml"
     spec.write_text(Path(CALPAS).read_text())
     out = tmp_path / "fit_general"
@@ -246,14 +252,13 @@ def test_fit_alternative_structure(sim_dir, tmp_path):
             str(out),
             "--draws",
             "20",
-            "--tune",
-            "20",
             "--chains",
             "2",
             "--quiet",
         ]
     )
     assert rc == 0
+    assert json.loads((out / "meta.json").read_text())["tune"] == 20
     scores = pd.read_csv(out / "scores.csv")
     assert set(scores["scale"]) == {"ALLIANCE"}
     assert (

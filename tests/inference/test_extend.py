@@ -135,6 +135,52 @@ def test_an_extended_run_holds_the_draws_of_a_run_asking_for_them(two_normals):
     assert timings["tune_steps"] == plain_timings["tune_steps"]
 
 
+def test_checkpoints_pause_the_chains_where_they_occupy_every_core(two_normals, monkeypatch):
+    """Where the chains occupy every core (``pause_for_checks``, forced here)
+    they are paused while a checkpoint is checked and resumed when it asks for
+    more; otherwise they run on. The checks' time is ``timings["checks_s"]``,
+    not sampling time."""
+    import sys
+    import time
+
+    from caltars_bayes.inference import sampling
+
+    rule = sampling.pause_for_checks
+    assert rule(10**6) and not rule(0)  # one thread a chain: pause when cores <= chains
+    background = sys.modules["nutpie.sample"]._BackgroundSampler
+    events: list[object] = []
+
+    def spied(name):
+        real = getattr(background, name)
+
+        def spy(self):
+            events.append(name)
+            return real(self)
+
+        return spy
+
+    for name in ("pause", "resume"):
+        monkeypatch.setattr(background, name, spied(name))
+
+    def extend(dt):
+        n = dt["posterior"].sizes["draw"]
+        events.append(n)
+        time.sleep(0.3)
+        return 250 if n < 250 else None
+
+    run = dict(tune=100, chains=2, sampler="nutpie", random_seed=7, target_accept=0.9)
+    for paused in (True, False):
+        monkeypatch.setattr(sampling, "pause_for_checks", lambda chains, p=paused: p)
+        events.clear()
+        t0 = time.perf_counter()
+        _, timings = run_nuts(
+            two_normals, draws=100, max_draws=200_000, extend=extend, progressbar=False, **run
+        )
+        wall = time.perf_counter() - t0
+        assert events == (["pause", 100, "resume", "pause", 250] if paused else [100, 250])
+        assert 0.6 <= timings["checks_s"] <= wall - timings["sampling_s"]
+
+
 def test_a_chain_whose_draws_are_not_yet_stored_is_not_cut_short():
     """nutpie pads the arrays of chains with fewer stored draws with NaN: a
     checkpoint must not take those as draws (it waits, or refuses)."""
@@ -162,14 +208,34 @@ def test_a_fit_records_and_shows_its_extension(tiny_trial, tiny_fit, tmp_path, m
     its first 60 equal to those of the same fit without extension (``tiny_fit``,
     same seed), and its record, its saved and reloaded record and its banner say
     how far it went and why it stopped."""
-    from caltars_bayes.inference import extend
+    from caltars_bayes.inference import extend, mcmcstats
+    from caltars_bayes.inference import fit as fit_module
     from caltars_bayes.inference.fit import fit_model, load_fit
 
     monkeypatch.setattr(extend, "GIVE_UP_FACTOR", 1e9)
+    # R-hat and ESS computed by each verdict: the fit's own, on the last
+    # checkpoint's draws, takes them all from that checkpoint's
+    computed: list[int] = []
+    per_verdict: list[int] = []
+    stats, check = mcmcstats.convergence_stats, fit_module.check_convergence
+
+    def counted_stats(x, *args, columns=None, **kwargs):
+        computed.append(x.shape[2] if columns is None else len(columns))
+        return stats(x, *args, columns=columns, **kwargs)
+
+    def counted_check(*args, **kwargs):
+        computed.clear()
+        diag = check(*args, **kwargs)
+        per_verdict.append(sum(computed))
+        return diag
+
+    monkeypatch.setattr(mcmcstats, "convergence_stats", counted_stats)
+    monkeypatch.setattr(fit_module, "check_convergence", counted_check)
     data = tiny_trial.to_rating_data()
     fit = fit_model(
         data, draws=60, tune=60, chains=2, random_seed=3, progressbar=False, max_draws=240
     )
+    assert len(per_verdict) >= 3 and min(per_verdict[:-1]) > 0 and per_verdict[-1] == 0
     n = fit.posterior.sizes["draw"]
     assert 60 < n <= 240
     assert fit.record.max_draws == 240 and fit.record.draws == n == fit.diagnostics.n_draws

@@ -51,6 +51,21 @@ def test_matches_arviz(c, d, n, seed):
     np.testing.assert_allclose(ess_basic(x), ref_i, rtol=1e-8, equal_nan=True)
 
 
+def test_threads_give_the_numbers_of_one_thread():
+    """Chunks computed on several threads (one per core by default) land in
+    their own places: the same numbers as one thread, chunk by chunk."""
+    x = _chains(4, 300, 40, 9)
+    one = convergence_stats(x, chunk=3, workers=1)
+    cols = np.arange(40)[::-1]  # a column order that is not the arrays' own
+    for workers in (2, 3, None):
+        many = convergence_stats(x, chunk=3, workers=workers)
+        for a, b in zip(one, many, strict=True):
+            np.testing.assert_array_equal(a, b)
+        picked = convergence_stats(x, chunk=3, workers=workers, columns=cols)
+        for a, b in zip(one, picked, strict=True):
+            np.testing.assert_array_equal(a[cols], b)
+
+
 def test_detects_what_it_should():
     rng = np.random.default_rng(7)
     good = rng.normal(size=(4, 500, 1))

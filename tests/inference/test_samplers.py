@@ -220,6 +220,41 @@ def test_nutpie_defaults_are_applied_unless_given(tiny_data, monkeypatch, given)
     assert fit.diagnostics.treedepth_hits == int((ss["depth"] >= 10).sum())
 
 
+def test_large_data_tunes_for_fewer_iterations_unless_told_otherwise(tiny_data, monkeypatch):
+    """From ``LARGE_DATA_RATINGS`` ratings (lowered to this design's here) a fit
+    tunes for ``LARGE_DATA_TUNE`` iterations (made 25), below it for
+    ``DEFAULT_TUNE`` (made 35), and for what the caller gives whatever the size;
+    nutpie runs with the number the record and the methods text give."""
+    import nutpie
+
+    from caltars_bayes.inference import sampling
+    from caltars_bayes.report.methods import methods_paragraph
+
+    n = tiny_data.n_ratings
+    assert sampling.default_tune(sampling.LARGE_DATA_RATINGS) == sampling.LARGE_DATA_TUNE == 500
+    assert sampling.default_tune(sampling.LARGE_DATA_RATINGS - 1) == sampling.DEFAULT_TUNE == 1000
+    monkeypatch.setattr(sampling, "LARGE_DATA_TUNE", 25)
+    monkeypatch.setattr(sampling, "DEFAULT_TUNE", 35)
+    applied = []
+    real = nutpie.sample
+
+    def spy(*args, **kwargs):
+        applied.append(kwargs["tune"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nutpie, "sample", spy)
+    fits = []
+    for threshold, tune in ((n, None), (n, 30), (n + 1, None)):
+        monkeypatch.setattr(sampling, "LARGE_DATA_RATINGS", threshold)
+        fits.append(fit_model(tiny_data, draws=20, tune=tune, chains=1, progressbar=False))
+    assert applied == [25, 30, 35]
+    assert [f.record.tune for f in fits] == [25, 30, 35]
+    monkeypatch.setattr(sampling, "LARGE_DATA_RATINGS", n)
+    said = f"25 tuning (the package's default for data sets of {n:,} ratings or more; here {n:,})"
+    assert said in methods_paragraph(fits[0])
+    assert "(the package's default" not in methods_paragraph(fits[1])
+
+
 @pytest.mark.parametrize(
     ("options", "nuts", "more_units", "large", "start", "t"),
     [
@@ -291,6 +326,7 @@ def test_numpyro_caps_the_tree_depth_of_large_designs(tiny_data, monkeypatch, la
     import numpyro.infer
 
     from caltars_bayes.model import plan as model_mod
+
     if large:
         monkeypatch.setattr(model_mod, "LARGE_DESIGN_SESSIONS", tiny_data.n_sessions)
         units = tiny_data.n_sessions * tiny_data.n_scales
