@@ -64,33 +64,3 @@ def test_judge_draws_shrink_only_for_very_large_designs() -> None:
     assert judge_draws_for(3, 2080, 30, 4) == JUDGE_DRAWS  # 10x the founding design
     assert judge_draws_for(2972, 1128, 1, 4) == 111  # the real-size crossed design
     assert judge_draws_for(10**5, 10**4, 30, 6) == MIN_JUDGE_DRAWS
-
-
-def test_replicates_are_the_same_on_one_thread_or_several(monkeypatch):
-    """Each draw's replicate has its own random stream: the scale scores do not
-    depend on how many threads simulate them, and the seed fixes them."""
-    from caltars_bayes._core import parallel
-    from caltars_bayes.analysis.reliability.components import _Design, replicate_scale_scores
-
-    rng = np.random.default_rng(0)
-    n_d, n_s, n_i, n_k = 7, 30, 6, 2
-    design = _Design(np.repeat(np.arange(10), 3), 10, np.array([0, 0, 0, 1, 1, 1]), n_k)
-    args = (
-        design,
-        rng.normal(size=(n_d, n_s, n_k)),
-        rng.uniform(0.5, 1.5, (n_d, n_i)),
-        np.sort(rng.normal(size=(n_d, n_i, 4)), axis=-1),
-        rng.uniform(0.1, 0.5, n_d),
-        rng.uniform(0.1, 0.3, n_d),
-        np.where(np.arange(n_d) % 2 == 0, 0.2, 0.0),  # an interaction in some draws
-        3,
-    )
-    runs = []
-    for cores in (1, 2, 4, 4):
-        monkeypatch.setattr(parallel.os, "cpu_count", lambda c=cores: c)
-        runs.append(replicate_scale_scores(*args, np.random.default_rng(5)))
-    for other in runs[1:]:
-        np.testing.assert_array_equal(runs[0], other)
-    other_seed = replicate_scale_scores(*args, np.random.default_rng(6))
-    assert not np.array_equal(runs[0], other_seed)
-    assert runs[0].shape == (n_d, n_k, n_s, 3)

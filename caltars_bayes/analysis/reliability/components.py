@@ -41,8 +41,6 @@ import pandas as pd
 import xarray as xr
 from scipy.special import ndtri
 
-from caltars_bayes._core.parallel import blocks_on_threads
-
 if TYPE_CHECKING:
     from caltars_bayes.data.ratings import RatingData
     from caltars_bayes.inference.fit import Fit
@@ -297,41 +295,29 @@ def replicate_scale_scores(
     Returns
     -------
     (D, K, S, n_judges) array of scale scores (mean 0-based category).
-
-    Each draw's replicate has its own random stream (``rng.spawn``), so the
-    draws are simulated on one thread per core
-    (:func:`~caltars_bayes._core.parallel.blocks_on_threads`) with the same
-    numbers whatever the threads.
     """
     n_d, n_s, _ = eta.shape
     n_i = loading.shape[1]
     k_of = design.item_scale
     avg = design.item_average
     out = np.empty((n_d, design.n_scales, n_s, n_judges))
-    streams = rng.spawn(n_d)
-
-    def replicate(draws: slice) -> None:
-        y = np.empty((n_judges, n_s, n_i), dtype=np.int8)
-        for d in range(draws.start, draws.stop):
-            r = streams[d]
-            base = loading[d][None, :] * eta[d][:, k_of]  # (S, I)
-            if general is not None and general_loading is not None:
-                per_session = general[d][design.session_subject][:, None]
-                base = base + general_loading[d][None, :] * per_session
-            alpha = np.exp(sd_log_discrimination[d] * _stratified_normal(r, (n_judges,)))
-            sev = sd_severity[d] * _stratified_normal(r, (n_judges, design.n_scales))
-            g = None
-            if sd_interaction[d] > 0:
-                g = r.normal(0.0, sd_interaction[d], (n_judges, design.n_subjects, design.n_scales))
-            ystar = _logistic(r, (n_judges, n_s, n_i))  # then + mu, in place
-            ystar += alpha[:, None, None] * base[None]
-            ystar -= sev[:, None, k_of]
-            if g is not None:
-                ystar += g[:, design.session_subject][:, :, k_of]
-            _categories(ystar, cutpoints[d], y)
-            out[d] = (y.reshape(-1, n_i) @ avg).reshape(n_judges, n_s, -1).transpose(2, 1, 0)
-
-    blocks_on_threads(replicate, n_d, 1)
+    y = np.empty((n_judges, n_s, n_i), dtype=np.int8)
+    for d in range(n_d):
+        base = loading[d][None, :] * eta[d][:, k_of]  # (S, I)
+        if general is not None and general_loading is not None:
+            base = base + general_loading[d][None, :] * general[d][design.session_subject][:, None]
+        alpha = np.exp(sd_log_discrimination[d] * _stratified_normal(rng, (n_judges,)))
+        sev = sd_severity[d] * _stratified_normal(rng, (n_judges, design.n_scales))
+        g = None
+        if sd_interaction[d] > 0:
+            g = rng.normal(0.0, sd_interaction[d], (n_judges, design.n_subjects, design.n_scales))
+        ystar = _logistic(rng, (n_judges, n_s, n_i))  # then + mu, in place
+        ystar += alpha[:, None, None] * base[None]
+        ystar -= sev[:, None, k_of]
+        if g is not None:
+            ystar += g[:, design.session_subject][:, :, k_of]
+        _categories(ystar, cutpoints[d], y)
+        out[d] = (y.reshape(-1, n_i) @ avg).reshape(n_judges, n_s, -1).transpose(2, 1, 0)
     return out
 
 
