@@ -252,7 +252,10 @@ def blocks_on_threads(
     fn: Callable[[slice], None], n: int, block: int, workers: int | None = None
 ) -> None:
     """Call ``fn(rows)`` for the consecutive slices of ``block`` rows of ``range(n)``,
-    on ``workers`` threads (default one per core, at most one per slice).
+    on ``workers`` threads (at most one per slice). The default is one per
+    core, or ``OMP_NUM_THREADS`` where that is set: the package's Dask workers
+    set it to 1 (:data:`WORKER_ENV`), so that fits run side by side do not
+    each start a thread per core.
 
     ``fn`` writes each slice's results in place, so the results do not depend
     on the threads. Measured on 2 cores: R-hat and ESS of 4 x 1,000 draws of
@@ -260,7 +263,9 @@ def blocks_on_threads(
     (:func:`caltars_bayes.inference.mcmcstats.convergence_stats`).
     """
     slices = [slice(s, min(n, s + block)) for s in range(0, n, block)]
-    workers = min(len(slices), workers or os.cpu_count() or 1)
+    allowed = os.environ.get("OMP_NUM_THREADS", "")
+    default = int(allowed) if allowed.isdigit() and int(allowed) > 0 else os.cpu_count()
+    workers = min(len(slices), workers or default or 1)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(fn, slices))

@@ -127,12 +127,17 @@ def test_bad_scheduler_is_refused_before_anything_runs():
         parallel_map(_slow_square, [1], scheduler="threads")
 
 
-def test_blocks_on_threads_covers_every_row_once_and_raises_errors():
+def test_blocks_on_threads_covers_every_row_once_and_raises_errors(monkeypatch):
     """Every row is in exactly one slice; with several workers the slices run
-    on several threads; an error in a block reaches the caller."""
-    from caltars_bayes._core.parallel import blocks_on_threads
+    on several threads (by default one per core, or OMP_NUM_THREADS: 1 in the
+    package's Dask workers); an error in a block reaches the caller."""
+    from caltars_bayes._core.parallel import WORKER_ENV, blocks_on_threads
 
-    for workers in (1, 2, 3, None):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    for workers, omp in ((1, None), (2, None), (3, None), (None, None), (None, "1"), (2, "1")):
+        if omp is not None:
+            monkeypatch.setenv("OMP_NUM_THREADS", WORKER_ENV["OMP_NUM_THREADS"])
         seen: list[slice] = []
         threads: set[int] = set()
 
@@ -144,7 +149,7 @@ def test_blocks_on_threads_covers_every_row_once_and_raises_errors():
         blocks_on_threads(block, 23, 5, workers)
         covered = sorted(i for rows in seen for i in range(rows.start, rows.stop))
         assert covered == list(range(23)) and len(seen) == 5
-        assert (len(threads) > 1) == ((workers or os.cpu_count() or 1) > 1)  # None: a core each
+        assert (len(threads) > 1) == ((workers or (1 if omp else 2)) > 1)
 
     def broken(rows: slice) -> None:
         raise ValueError(f"block {rows.start}")
