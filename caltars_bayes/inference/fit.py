@@ -261,10 +261,7 @@ def fit_model(
     Parameters
     ----------
     data : validated ratings.
-    draws, tune, chains : MCMC settings (per chain). ``tune`` None: 1,000 warmup
-        iterations, 500 for data sets of 50,000 ratings or more
-        (:func:`~caltars_bayes.inference.sampling.default_tune`); the record
-        holds the number used.
+    draws, tune, chains : MCMC settings per chain (``tune`` None: ``sampling.default_tune``).
     sampler : ``"nutpie"`` (default), ``"pymc"``, ``"numpyro"`` or ``"blackjax"``.
     random_seed : seed; the same seed and sampler give the same draws.
     start : where the chains start: ``"default"`` (the prior's centre),

@@ -224,10 +224,13 @@ def test_large_data_tunes_for_fewer_iterations_unless_told_otherwise(tiny_data, 
     """From ``LARGE_DATA_RATINGS`` ratings (lowered to this design's here) a fit
     tunes for ``LARGE_DATA_TUNE`` iterations (made 25), below it for
     ``DEFAULT_TUNE`` (made 35), and for what the caller gives whatever the size;
-    nutpie runs with the number the record and the methods text give."""
+    nutpie runs with the number the record and the methods text give (one
+    fit; the other cases stop at the sampler, whose ``tune`` is recorded)."""
+    from dataclasses import replace
+
     import nutpie
 
-    from caltars_bayes.inference import sampling
+    from caltars_bayes.inference import fit as fit_module
     from caltars_bayes.report.methods import methods_paragraph
 
     n = tiny_data.n_ratings
@@ -235,6 +238,7 @@ def test_large_data_tunes_for_fewer_iterations_unless_told_otherwise(tiny_data, 
     assert sampling.default_tune(sampling.LARGE_DATA_RATINGS - 1) == sampling.DEFAULT_TUNE == 1000
     monkeypatch.setattr(sampling, "LARGE_DATA_TUNE", 25)
     monkeypatch.setattr(sampling, "DEFAULT_TUNE", 35)
+    monkeypatch.setattr(sampling, "LARGE_DATA_RATINGS", n)
     applied = []
     real = nutpie.sample
 
@@ -243,16 +247,26 @@ def test_large_data_tunes_for_fewer_iterations_unless_told_otherwise(tiny_data, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(nutpie, "sample", spy)
-    fits = []
-    for threshold, tune in ((n, None), (n, 30), (n + 1, None)):
-        monkeypatch.setattr(sampling, "LARGE_DATA_RATINGS", threshold)
-        fits.append(fit_model(tiny_data, draws=20, tune=tune, chains=1, progressbar=False))
-    assert applied == [25, 30, 35]
-    assert [f.record.tune for f in fits] == [25, 30, 35]
-    monkeypatch.setattr(sampling, "LARGE_DATA_RATINGS", n)
+    fit = fit_model(tiny_data, draws=20, chains=1, progressbar=False)
+    assert applied == [25] and fit.record.tune == 25
     said = f"25 tuning (the package's default for data sets of {n:,} ratings or more; here {n:,})"
-    assert said in methods_paragraph(fits[0])
-    assert "(the package's default" not in methods_paragraph(fits[1])
+    assert said in methods_paragraph(fit)
+    given = replace(fit, record=replace(fit.record, tune=30))
+    assert "(the package's default" not in methods_paragraph(given)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        applied.append(kwargs["tune"])
+        raise Stop
+
+    monkeypatch.setattr(fit_module, "run_nuts", stop)
+    for threshold, tune in ((n, 30), (n + 1, None)):
+        monkeypatch.setattr(sampling, "LARGE_DATA_RATINGS", threshold)
+        with pytest.raises(Stop):
+            fit_model(tiny_data, draws=20, tune=tune, chains=1, progressbar=False)
+    assert applied == [25, 30, 35]
 
 
 @pytest.mark.parametrize(
