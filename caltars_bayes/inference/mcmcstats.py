@@ -158,7 +158,8 @@ def convergence_stats(
     draws. ``columns``: only these parameters (default all), in that order.
     Parameters are processed ``chunk`` at a time to bound memory (each chunk's
     temporaries are about ten copies of its draws), the chunks on ``workers``
-    threads (default one per core; :func:`~caltars_bayes._core.parallel.blocks_on_threads`).
+    threads (default: one per core, fewer where ``OMP_NUM_THREADS`` says so;
+    :func:`~caltars_bayes._core.parallel.blocks_on_threads`).
     Measured (2 cores, 4 x 1,000 draws of 20,000 random-walk parameters, the
     same numbers either way): 21.0-21.1 s on one thread, 10.5-11.3 s on two.
     """
